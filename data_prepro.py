@@ -1,0 +1,752 @@
+"""Data for the denoising VAE study: EMNIST capital letters and Gaussian noise.
+
+The report's ``Input_read`` and ``Noise_addition`` live here as
+:func:`input_read` and :func:`noise_addition`.
+
+* ``input_read`` returns ``(x_train, y_train), (x_test, y_test)`` like
+  ``keras.datasets``: ``x`` float32 of shape (N, 28, 28, 1) in [0, 1] with
+  letters upright, ``y`` int64 labels 0-25 for ``LETTERS``. The returned pair
+  also carries ``.source``, a :class:`DataSource` saying where it came from.
+* Real data is EMNIST *balanced* (Cohen et al. 2017) read straight from NIST's
+  ``gzip.zip``; only labels 10-35 (capitals) are kept, as label - 10.
+* Offline, a synthetic stand-in is drawn from the fonts that ship with
+  matplotlib, distorted to look handwritten and framed the way EMNIST was.
+
+This module never imports TensorFlow, so a notebook imports it in a moment.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import logging
+import math
+import os
+import socket
+import threading
+import urllib.parse
+import warnings
+import zipfile
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+LOGGER = logging.getLogger("data_prepro")
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+IMAGE_SIZE = 28
+# EMNIST balanced labels: 0-9 digits, 10-35 capitals A-Z, 36-46 some lower case.
+FIRST_CAPITAL_LABEL = 10
+# Full EMNIST balanced capitals: 2,400 train and 400 test images per letter.
+EMNIST_TRAIN_CAPITALS = 62_400
+EMNIST_TEST_CAPITALS = 10_400
+
+NIST_URL = "https://biometrics.nist.gov/cs_links/EMNIST/gzip.zip"
+MEMBER_TEMPLATE = "gzip/emnist-balanced-{usage}-{kind}-idx{dims}-ubyte.gz"
+SOURCE_WORDS = ("auto", "emnist", "synthetic")
+# Connect/read timeouts (s) of a download; ``auto`` probes with a shorter one.
+DOWNLOAD_TIMEOUT = (10.0, 60.0)
+AUTO_PROBE_TIMEOUT = 3.0
+# Bump when the prepared-array format or the synthetic generator changes, so
+# stale caches are rebuilt instead of trusted.
+CACHE_VERSION = 1
+
+GET_REAL_DATA_HINT = (
+    f"to use real EMNIST, download {NIST_URL} (536 MB) to ~/.cache/emnist/emnist.zip, "
+    "or set EMNIST_PATH, or pass its path as source"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+    """Where a data set came from, for logs, results and reports.
+
+    Attributes:
+        kind: ``"emnist"`` (real NIST data) or ``"synthetic"``.
+        path: the archive or folder read, for ``"emnist"``; else ``None``.
+        seed: the seed of the subsample or of the synthetic generator.
+        note: why ``auto`` chose this source, empty when it was asked for.
+    """
+
+    kind: str
+    path: str | None = None
+    seed: int = 0
+    note: str = ""
+
+    def describe(self) -> str:
+        """One line for logs and reports, e.g. ``EMNIST balanced capitals from /x/gzip.zip``."""
+        if self.kind == "emnist":
+            text = f"EMNIST balanced capitals from {self.path}"
+        else:
+            text = f"synthetic capitals from matplotlib's fonts (seed {self.seed})"
+        return f"{text} [{self.note}]" if self.note else text
+
+
+class LoadedData(tuple):
+    """``((x_train, y_train), (x_test, y_test))`` that also carries ``.source``."""
+
+    def __new__(cls, train, test, source: DataSource):
+        loaded = super().__new__(cls, (train, test))
+        loaded.source = source
+        return loaded
+
+
+# --------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------
+
+def input_read(source="auto", *, train_size=None, test_size=None, seed=0, cache_dir=None):
+    """Load EMNIST balanced capital letters (the report's ``Input_read``).
+
+    Args:
+        source: ``"auto"`` (real EMNIST when present or downloadable in a few
+            seconds, else synthetic with a warning), ``"emnist"`` (real data:
+            ``EMNIST_PATH``, then ``~/.cache/emnist/emnist.zip``, then a
+            download), ``"synthetic"`` (offline stand-in), or a path to NIST's
+            ``gzip.zip`` or to a folder holding its four balanced ``.gz`` files.
+        train_size, test_size: ``None`` for everything (62,400 / 10,400 for
+            full EMNIST), else a subsample balanced across letters,
+            deterministic for ``seed``.
+        seed: seed of the subsample and of the synthetic generator.
+        cache_dir: folder for downloads and prepared arrays; default
+            ``~/.cache/emnist``.
+
+    Returns:
+        ``LoadedData`` unpacking as ``(x_train, y_train), (x_test, y_test)``:
+        ``x`` float32 (N, 28, 28, 1) in [0, 1], upright; ``y`` int64 (N,) in
+        0-25 (index into ``LETTERS``). ``.source`` is a :class:`DataSource`.
+    """
+    train_size = _check_size("train_size", train_size)
+    test_size = _check_size("test_size", test_size)
+    seed = _check_seed(seed)
+    cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+    if isinstance(source, Path) or (isinstance(source, str) and source not in SOURCE_WORDS):
+        archive = _resolve_path_source(source)
+        return _load_emnist(archive, train_size, test_size, seed, cache_dir, note="")
+    if not isinstance(source, str):
+        raise ValueError(f"Expected source to be one of {SOURCE_WORDS} or a path. "
+                         f"Received: source={source!r}")
+    if source == "synthetic":
+        return _load_synthetic(train_size, test_size, seed, cache_dir, note="")
+    archive = _find_archive(cache_dir)
+    if source == "emnist":
+        archive = archive or download_emnist(cache_dir / "emnist.zip")
+        return _load_emnist(archive, train_size, test_size, seed, cache_dir, note="")
+    # auto
+    if archive is None:
+        try:
+            archive = download_emnist(cache_dir / "emnist.zip", probe_timeout=AUTO_PROBE_TIMEOUT)
+        except OSError as error:
+            note = f"real EMNIST unavailable ({_first_line(error)}); {GET_REAL_DATA_HINT}"
+            warnings.warn(f"Using SYNTHETIC letters, not EMNIST: {note}", stacklevel=2)
+            return _load_synthetic(train_size, test_size, seed, cache_dir, note=note)
+    return _load_emnist(archive, train_size, test_size, seed, cache_dir, note="")
+
+
+def default_cache_dir() -> Path:
+    """``~/.cache/emnist``: the ``emnist`` package's cache folder."""
+    return Path(os.path.expanduser("~/.cache/emnist"))
+
+
+def _check_size(name, value):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"Expected {name} to be a positive integer or None. Received: {name}={value!r}")
+    return int(value)
+
+
+def _check_seed(seed):
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"Expected seed to be a non-negative integer. Received: seed={seed!r}")
+    return int(seed)
+
+
+def _first_line(error) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+# --------------------------------------------------------------------------
+# Noise
+# --------------------------------------------------------------------------
+
+def noise_addition(x, noise_std=0.5, seed=None):
+    """Add Gaussian noise and clip (the report's ``Noise_addition``).
+
+    Returns ``clip(x + N(0, noise_std**2), 0, 1)`` as a new float32 array of
+    ``x``'s shape; ``x`` itself is never modified.
+
+    Args:
+        x: images, shape (N, 28, 28) or (N, 28, 28, 1), values in [0, 1].
+        noise_std: standard deviation of the noise, finite and >= 0;
+            0 returns an equal copy.
+        seed: ``None`` for fresh noise, an int for reproducible noise.
+    """
+    x = check_images(x, "x")
+    if isinstance(noise_std, bool) or not isinstance(noise_std, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(noise_std) or noise_std < 0:
+        raise ValueError(f"Expected noise_std to be a finite number >= 0. Received: noise_std={noise_std!r}")
+    if noise_std == 0:
+        return x.astype(np.float32, copy=True)
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal(x.shape, dtype=np.float32)
+    noise *= np.float32(noise_std)
+    noise += x
+    return np.clip(noise, 0.0, 1.0, out=noise)
+
+
+def check_images(x, name="x"):
+    """Validate a batch of images; return it as a numpy array (no copy when possible).
+
+    Expected: shape (N, 28, 28) or (N, 28, 28, 1) with N >= 1, real finite
+    values in [0, 1]. Raises a one-line ``ValueError`` naming ``name`` otherwise.
+    """
+    x = np.asarray(x)
+    expected = f"shape (N, {IMAGE_SIZE}, {IMAGE_SIZE}) or (N, {IMAGE_SIZE}, {IMAGE_SIZE}, 1)"
+    if x.ndim not in (3, 4) or x.shape[1:3] != (IMAGE_SIZE, IMAGE_SIZE) \
+            or (x.ndim == 4 and x.shape[3] != 1) or x.shape[0] < 1:
+        raise ValueError(f"Expected {name} with {expected}. Received: {name}.shape={x.shape}")
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)) \
+            or np.issubdtype(x.dtype, np.bool_):
+        raise ValueError(f"Expected {name} with a real numeric dtype. Received: {name}.dtype={x.dtype}")
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        bad = int(np.size(x) - np.isfinite(x).sum())
+        raise ValueError(f"Expected {name} with finite values. Received: {bad} NaN or inf values in {name}")
+    low, high = float(x.min()), float(x.max())
+    if low < 0 or high > 1:
+        raise ValueError(f"Expected {name} with values in [0, 1]. Received: {name} in [{low:g}, {high:g}]")
+    return x
+
+
+# --------------------------------------------------------------------------
+# Real EMNIST: finding, downloading and reading NIST's archive
+# --------------------------------------------------------------------------
+
+def _resolve_path_source(source) -> Path:
+    text = str(source)
+    looks_like_path = isinstance(source, Path) or os.sep in text or "/" in text or text.endswith(".zip") \
+        or os.path.exists(text)
+    if not looks_like_path:
+        raise ValueError(f"Expected source to be one of {SOURCE_WORDS} or a path to NIST's gzip.zip. "
+                         f"Received: source={source!r}")
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"source path {str(path)!r} does not exist: expected NIST's gzip.zip "
+                                "or a folder holding its emnist-balanced-*-ubyte.gz files")
+    return path
+
+
+def _find_archive(cache_dir: Path):
+    """The first existing archive: ``$EMNIST_PATH``, then ``cache_dir/emnist.zip``; else None."""
+    from_env = os.environ.get("EMNIST_PATH")
+    if from_env:
+        path = Path(from_env).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"EMNIST_PATH={from_env!r} does not exist: expected NIST's gzip.zip "
+                                    "or a folder holding its emnist-balanced-*-ubyte.gz files")
+        return path
+    cached = cache_dir / "emnist.zip"
+    return cached if cached.is_file() else None
+
+
+def download_urls():
+    """Addresses tried in order: NIST's current one, then the ``emnist`` package's own list."""
+    urls = [NIST_URL]
+    try:
+        import emnist  # only for its list of mirrors; its parser fails on NumPy >= 2.4
+
+        urls += [url for url in emnist.SOURCE_URLS if url not in urls]
+    except ImportError:
+        pass
+    return urls
+
+
+def download_emnist(destination, urls=None, timeout=DOWNLOAD_TIMEOUT, probe_timeout=None):
+    """Download NIST's ``gzip.zip`` to ``destination``; return its path.
+
+    Data go to ``destination + '.part'`` and are renamed only once complete and
+    readable as a zip with the balanced members, so an interrupted download
+    never leaves a corrupt archive behind.
+
+    Args:
+        destination: the archive's final path (parent folders are created).
+        urls: addresses to try in order; default :func:`download_urls`.
+        timeout: ``(connect, read)`` seconds for each request.
+        probe_timeout: if given, first check within this many seconds (name
+            lookup included) that some address's host answers at all.
+
+    Raises:
+        OSError (``ConnectionError``) naming every address tried when none worked.
+    """
+    import requests
+    from tqdm import tqdm
+
+    destination = Path(destination)
+    urls = list(urls) if urls is not None else download_urls()
+    if probe_timeout is not None and not any(_host_answers(url, probe_timeout) for url in urls):
+        raise ConnectionError(f"no EMNIST download address answered within {probe_timeout:g} s "
+                              f"(offline?): {', '.join(urls)}")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.with_name(destination.name + ".part")
+    failures = []
+    for url in urls:
+        try:
+            with requests.get(url, stream=True, timeout=timeout) as response:
+                response.raise_for_status()
+                total = int(response.headers.get("content-length", 0)) or None
+                with open(partial, "wb") as file, tqdm(total=total, unit="B", unit_scale=True,
+                                                       unit_divisor=1024, desc=f"EMNIST {destination.name}",
+                                                       disable=None) as progress:
+                    for chunk in response.iter_content(chunk_size=1 << 20):
+                        file.write(chunk)
+                        progress.update(len(chunk))
+            if total is not None and partial.stat().st_size != total:
+                raise OSError(f"got {partial.stat().st_size} of {total} bytes")
+            _check_archive(partial)
+            os.replace(partial, destination)
+            LOGGER.info("downloaded EMNIST from %s to %s", url, destination)
+            return destination
+        except (OSError, ValueError, requests.RequestException) as error:
+            failures.append(f"{url}: {_first_line(error)}")
+            partial.unlink(missing_ok=True)
+    raise ConnectionError("could not download EMNIST: " + "; ".join(failures))
+
+
+def _host_answers(url, timeout) -> bool:
+    """Whether ``url``'s host accepts a TCP connection within ``timeout`` s.
+
+    Runs in a daemon thread because a name lookup ignores socket timeouts.
+    """
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    answered = []
+
+    def connect():
+        try:
+            socket.create_connection((parts.hostname, port), timeout=timeout).close()
+            answered.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answered)
+
+
+def _members(usage):
+    return (MEMBER_TEMPLATE.format(usage=usage, kind="images", dims=3),
+            MEMBER_TEMPLATE.format(usage=usage, kind="labels", dims=1))
+
+
+def _check_archive(path):
+    """Raise ValueError unless ``path`` is a zip holding the four balanced members."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except zipfile.BadZipFile as error:
+        raise ValueError(f"{path} is not a zip archive ({error})") from None
+    missing = [m for usage in ("train", "test") for m in _members(usage) if m not in names]
+    if missing:
+        raise ValueError(f"archive {path} lacks {missing[0]}: expected NIST's gzip.zip layout "
+                         "with the four gzip/emnist-balanced-*-ubyte.gz members")
+
+
+def _read_member(archive: Path, member: str) -> bytes:
+    """The decompressed bytes of one ``.gz`` member, from a zip or a folder."""
+    where = f"{member} in {archive}"
+    try:
+        if archive.is_dir():
+            candidates = [archive / member, archive / Path(member).name]
+            found = next((p for p in candidates if p.is_file()), None)
+            if found is None:
+                raise FileNotFoundError(f"folder {archive} lacks {Path(member).name}: expected the four "
+                                        "emnist-balanced-*-ubyte.gz files of NIST's gzip.zip")
+            where = str(found)
+            compressed = found.read_bytes()
+        else:
+            with zipfile.ZipFile(archive) as zipped:
+                if member not in zipped.namelist():
+                    raise ValueError(f"archive {archive} lacks {member}: expected NIST's gzip.zip layout "
+                                     "with the four gzip/emnist-balanced-*-ubyte.gz members")
+                compressed = zipped.read(member)
+    except zipfile.BadZipFile as error:
+        raise ValueError(f"{archive} is not a readable zip archive ({error}): "
+                         "delete it and download NIST's gzip.zip again") from None
+    try:
+        return gzip.decompress(compressed)
+    except (OSError, EOFError, zlib.error) as error:
+        raise ValueError(f"{where} is not a complete gzip file ({_first_line(error)}): "
+                         "delete the archive and download NIST's gzip.zip again") from None
+
+
+def parse_idx(data: bytes, expected_dims, where="IDX data"):
+    """Decode an unsigned-byte IDX file (LeCun's MNIST format) into a uint8 array.
+
+    Header: two zero bytes, type code 0x08 (ubyte), the number of dimensions,
+    then each dimension as a big-endian uint32.
+
+    Args:
+        data: the file's bytes.
+        expected_dims: required shape with ``None`` for the free count, e.g.
+            ``(None, 28, 28)``.
+        where: the file's name, for error messages.
+    """
+    ndim = len(expected_dims)
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08 or data[3] != ndim:
+        raise ValueError(f"{where} has IDX magic {data[:4].hex() or 'missing'}: expected 000008{ndim:02x} "
+                         f"(unsigned bytes, {ndim} dimensions); the file is not what its name says")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(f"{where} is truncated inside its IDX header")
+    shape = tuple(int(v) for v in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    if any(e is not None and e != s for e, s in zip(expected_dims, shape)):
+        raise ValueError(f"{where} holds arrays of shape {shape}: expected {tuple(expected_dims)}".replace(
+            "None", "N"))
+    size = int(np.prod(shape))
+    if len(data) - header != size:
+        raise ValueError(f"{where} has {len(data) - header} data bytes: its header announces {size}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def read_emnist_capitals(archive, usage):
+    """Read one split of EMNIST balanced capitals from NIST's archive.
+
+    Args:
+        archive: NIST's ``gzip.zip`` or a folder holding its ``.gz`` files.
+        usage: ``"train"`` or ``"test"``.
+
+    Returns:
+        ``(images, labels)``: uint8 (N, 28, 28) upright, int64 (N,) in 0-25.
+    """
+    archive = Path(archive)
+    images_member, labels_member = _members(usage)
+    images = parse_idx(_read_member(archive, images_member), (None, IMAGE_SIZE, IMAGE_SIZE),
+                       where=f"{images_member} in {archive}")
+    labels = parse_idx(_read_member(archive, labels_member), (None,), where=f"{labels_member} in {archive}")
+    if len(images) != len(labels):
+        raise ValueError(f"{archive}: {usage} split has {len(images)} images but {len(labels)} labels; "
+                         "expected equal counts: the archive is damaged, download it again")
+    keep = (labels >= FIRST_CAPITAL_LABEL) & (labels < FIRST_CAPITAL_LABEL + len(LETTERS))
+    # NIST stores each image transposed (column-major); swap the axes to make letters upright.
+    upright = np.ascontiguousarray(images[keep].transpose(0, 2, 1))
+    return upright, labels[keep].astype(np.int64) - FIRST_CAPITAL_LABEL
+
+
+def _load_emnist(archive, train_size, test_size, seed, cache_dir, note):
+    archive = Path(archive).resolve()
+    stat = archive.stat()
+    key = f"emnist|{archive}|{stat.st_size}|{stat.st_mtime_ns}|{train_size}|{test_size}|{seed}"
+
+    def build():
+        splits = []
+        for usage, size, offset in (("train", train_size, 0), ("test", test_size, 1)):
+            images, labels = read_emnist_capitals(archive, usage)
+            chosen = balanced_subsample(labels, size, seed + offset, name=f"{usage}_size")
+            splits.append((images[chosen], labels[chosen]))
+        return splits
+
+    source = DataSource("emnist", path=str(archive), seed=seed, note=note)
+    return _finish(_cached(cache_dir, key, build), source)
+
+
+def balanced_subsample(labels, size, seed, name="size"):
+    """Indices (sorted) of ``size`` items spread as evenly as possible over the labels.
+
+    Every letter gets ``size // 26`` or one more where it has enough; letters
+    with too few give all they have and the rest is spread over the others.
+    ``None`` selects everything. Deterministic for ``seed``.
+    """
+    if size is None:
+        return np.arange(len(labels))
+    if size > len(labels):
+        raise ValueError(f"Expected {name} <= {len(labels)} (the images available). Received: {name}={size}")
+    rng = np.random.default_rng(seed)
+    counts = np.bincount(labels, minlength=len(LETTERS))
+    quota = np.zeros_like(counts)
+    remaining = size
+    order = np.argsort(counts, kind="stable")
+    for position, letter in enumerate(order):
+        quota[letter] = min(counts[letter], remaining // (len(order) - position))
+        remaining -= quota[letter]
+    spare = np.flatnonzero(counts > quota)
+    quota[rng.permutation(spare)[:remaining]] += 1
+    chosen = [rng.choice(np.flatnonzero(labels == letter), quota[letter], replace=False)
+              for letter in range(len(LETTERS)) if quota[letter]]
+    return np.sort(np.concatenate(chosen))
+
+
+# --------------------------------------------------------------------------
+# Prepared-array cache
+# --------------------------------------------------------------------------
+
+def _cached(cache_dir: Path, key: str, build):
+    """``build()``'s ``[(x_u8, y), (x_u8, y)]``, stored as a compressed .npz under ``cache_dir``.
+
+    A cache that cannot be read completely (zip CRCs are checked on read) or
+    holds unexpected arrays is rebuilt, never trusted.
+    """
+    digest = hashlib.sha256(f"v{CACHE_VERSION}|{key}".encode()).hexdigest()[:20]
+    path = cache_dir / "prepared" / f"{key.split('|')[0]}-{digest}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                if str(stored["key"]) != key:
+                    raise ValueError("key mismatch")
+                splits = [(stored[f"x{i}"], stored[f"y{i}"]) for i in range(2)]
+            for x, y in splits:
+                if x.dtype != np.uint8 or x.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or len(x) != len(y) \
+                        or y.min(initial=0) < 0 or y.max(initial=0) >= len(LETTERS):
+                    raise ValueError("unexpected arrays")
+            return splits
+        except Exception as error:  # any failure to read means: rebuild
+            LOGGER.warning("prepared cache %s is unreadable (%s); rebuilding it", path, _first_line(error))
+    splits = build()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + f".{os.getpid()}.part")
+        with open(partial, "wb") as file:
+            np.savez_compressed(file, key=np.array(key), x0=splits[0][0], y0=splits[0][1],
+                                x1=splits[1][0], y1=splits[1][1])
+        os.replace(partial, path)
+    except OSError as error:
+        LOGGER.warning("could not write the prepared cache %s (%s); continuing without it", path, error)
+    return splits
+
+
+def _finish(splits, source: DataSource) -> LoadedData:
+    """uint8 images -> float32 (N, 28, 28, 1) in [0, 1]; log the source once."""
+    out = []
+    for images, labels in splits:
+        x = images.astype(np.float32)[..., None]
+        x *= np.float32(1 / 255)
+        out.append((x, labels.astype(np.int64)))
+    LOGGER.info("data: %s; %d train and %d test images", source.describe(), len(out[0][0]), len(out[1][0]))
+    return LoadedData(out[0], out[1], source)
+
+
+# --------------------------------------------------------------------------
+# Synthetic handwriting-like capitals
+# --------------------------------------------------------------------------
+
+# Faces of matplotlib's bundled fonts: sans, serif, mono, bold and slanted.
+SYNTHETIC_FONTS = (
+    "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf",
+    "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSansMono-Oblique.ttf",
+    "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf",
+    "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf",
+    "cmss10.ttf", "cmr10.ttf", "cmtt10.ttf",
+)
+_CANVAS = 64          # side of the high-resolution glyph canvas (pixels)
+_FONT_PIXELS = 40     # font size on that canvas
+_PEN_RADII = (1.0, 1.5, 2.2, 3.0)  # pen radius of redrawn strokes, canvas pixels
+_BOX = IMAGE_SIZE - 4  # EMNIST: the glyph fills a 24x24 square inside a 2-pixel border
+
+
+def _thin(binary):
+    """Zhang & Suen (1984) thinning of a batch of binary images (B, H, W) to 1-pixel skeletons."""
+    image = np.pad(binary.astype(np.uint8), ((0, 0), (1, 1), (1, 1)))
+    for _ in range(100):
+        changed = False
+        for step in (0, 1):
+            p = image
+            # Neighbours P2..P9 clockwise from north, as in the paper.
+            n = [p[:, :-2, 1:-1], p[:, :-2, 2:], p[:, 1:-1, 2:], p[:, 2:, 2:],
+                 p[:, 2:, 1:-1], p[:, 2:, :-2], p[:, 1:-1, :-2], p[:, :-2, :-2]]
+            count = sum(v.astype(np.int32) for v in n)
+            transitions = sum(((n[i] == 0) & (n[(i + 1) % 8] == 1)).astype(np.int32) for i in range(8))
+            if step == 0:
+                first, second = n[0] * n[2] * n[4], n[2] * n[4] * n[6]
+            else:
+                first, second = n[0] * n[2] * n[6], n[0] * n[4] * n[6]
+            delete = (p[:, 1:-1, 1:-1] == 1) & (count >= 2) & (count <= 6) & (transitions == 1) \
+                & (first == 0) & (second == 0)
+            if delete.any():
+                image[:, 1:-1, 1:-1][delete] = 0
+                changed = True
+        if not changed:
+            break
+    return image[:, 1:-1, 1:-1].astype(bool)
+
+
+def _glyph_bank():
+    """Every letter in every face, as printed and redrawn with pens, on a 64x64 canvas.
+
+    Handwriting has strokes of even width, so besides each printed glyph the
+    bank holds its skeleton (Zhang & Suen thinning) redrawn with round pens of
+    several radii. Everything is blurred as EMNIST was (sigma 1 pixel).
+
+    Returns ``(bank, hull, letter)``: float32 (G, 64, 64) in [0, 1] with a
+    blank rim; float32 (G, 16, 2) extreme ink points (row, col) along 8
+    directions, for the bounding box of a transformed glyph; int64 (G,)
+    letter index.
+    """
+    import matplotlib
+    from matplotlib import ft2font
+    from scipy import ndimage
+
+    font_dir = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    glyphs, letters = [], []
+    for face in SYNTHETIC_FONTS:
+        font = ft2font.FT2Font(str(font_dir / face))
+        for index, letter in enumerate(LETTERS):
+            font.set_size(_FONT_PIXELS, 72)
+            font.set_text(letter, 0.0)
+            font.draw_glyphs_to_bitmap(antialiased=True)
+            image = np.asarray(font.get_image(), dtype=np.float32) / 255
+            rows, cols = np.nonzero(image > 0.1)
+            image = image[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+            canvas = np.zeros((_CANVAS, _CANVAS), np.float32)
+            top, left = (_CANVAS - image.shape[0]) // 2, (_CANVAS - image.shape[1]) // 2
+            canvas[top:top + image.shape[0], left:left + image.shape[1]] = image
+            glyphs.append(canvas)
+            letters.append(index)
+    glyphs = np.stack(glyphs)
+    # Distance to the skeleton, so that each pen is a threshold of it.
+    skeleton = _thin(glyphs > 0.5)
+    distance = np.stack([ndimage.distance_transform_edt(~s) for s in skeleton]).astype(np.float32)
+    variants = [glyphs] + [np.clip(radius + 0.5 - distance, 0, 1) for radius in _PEN_RADII]
+    bank = ndimage.gaussian_filter(np.concatenate(variants), sigma=(0, 1.0, 1.0)).astype(np.float32)
+    bank /= bank.max(axis=(1, 2), keepdims=True)
+    bank_letters = np.tile(np.asarray(letters, np.int64), len(variants))
+    angles = np.linspace(0, np.pi, 8, endpoint=False)
+    directions = np.stack([np.sin(angles), np.cos(angles)], axis=1)  # (8, 2) as (row, col)
+    hull = np.zeros((len(bank), 16, 2), np.float32)
+    for g, image in enumerate(bank):
+        points = np.argwhere(image > 0.2).astype(np.float32)
+        projections = points @ directions.T
+        hull[g] = np.concatenate([points[projections.argmin(0)], points[projections.argmax(0)]])
+    return bank, hull, bank_letters
+
+
+_BANK = None
+_BANK_LOCK = threading.Lock()
+
+
+def _bank():
+    global _BANK
+    with _BANK_LOCK:
+        if _BANK is None:
+            _BANK = _glyph_bank()
+    return _BANK
+
+
+def _interpolation_matrix(coarse, fine):
+    """(fine, coarse) linear-interpolation weights stretching ``coarse`` knots over ``fine`` pixels."""
+    positions = np.linspace(0, coarse - 1, fine)
+    low = np.minimum(np.floor(positions).astype(int), coarse - 2)
+    frac = positions - low
+    matrix = np.zeros((fine, coarse), np.float32)
+    matrix[np.arange(fine), low] = 1 - frac
+    matrix[np.arange(fine), low + 1] = frac
+    return matrix
+
+
+def synthetic_letters(labels, seed):
+    """Render handwriting-like capitals for ``labels``; uint8 (N, 28, 28) upright.
+
+    ``seed`` is an int or a tuple of ints (``numpy.random.SeedSequence`` entropy).
+
+    Each image: a random face and stroke width from :func:`_glyph_bank`, a
+    random affine map (rotation, shear, aspect ratio), a smooth elastic
+    displacement (Simard et al. 2003), then framed like EMNIST (Cohen et al.
+    2017): cropped to the ink, scaled keeping the aspect ratio so the longer
+    side fills 24 pixels, centred in 28x28. Everything is one bilinear
+    resampling per image, vectorised over the batch.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    bank, hull, bank_letter = _bank()
+    by_letter = [np.flatnonzero(bank_letter == letter) for letter in range(len(LETTERS))]
+    chunks = np.array_split(np.arange(len(labels)), max(1, math.ceil(len(labels) / 4096)))
+    seeds = np.random.SeedSequence(seed).spawn(len(chunks))
+    out = np.empty((len(labels), IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+
+    def render(chunk, chunk_seed):
+        out[chunk] = _render_chunk(labels[chunk], np.random.default_rng(chunk_seed), bank, hull, by_letter)
+
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        list(pool.map(render, chunks, seeds))
+    return out
+
+
+def _render_chunk(labels, rng, bank, hull, by_letter):
+    n = len(labels)
+    picks = rng.integers(0, 1 << 30, n)
+    glyph = np.array([by_letter[letter][pick % len(by_letter[letter])] for letter, pick in zip(labels, picks)])
+    # Affine map canvas -> "paper" acting on (row, col): rotation, slant, aspect change.
+    angle = rng.normal(0, 0.12, n)
+    shear = rng.normal(0.05, 0.22, n)
+    aspect = np.exp(rng.normal(-0.08, 0.15, n))  # width / height; handwriting runs narrow
+    cos, sin = np.cos(angle), np.sin(angle)
+    height, width = 1 / np.sqrt(aspect), np.sqrt(aspect)
+    forward = np.empty((n, 2, 2))
+    forward[:, 0, 0] = cos * height - sin * shear
+    forward[:, 0, 1] = -sin * width
+    forward[:, 1, 0] = sin * height + cos * shear
+    forward[:, 1, 1] = cos * width
+    # Bounding box of the transformed ink, from the glyph's extreme points.
+    centre = bank.shape[1] / 2
+    points = np.matmul(hull[glyph] - centre, forward.transpose(0, 2, 1))  # (n, 16, 2)
+    low, high = points.min(1), points.max(1)
+    box_centre = (low + high) / 2
+    scale = _BOX / np.maximum((high - low).max(1), 1.0)  # output pixels per paper unit
+    # Smooth elastic displacement of the output grid, in output pixels.
+    interp = _interpolation_matrix(4, IMAGE_SIZE)
+    coarse = rng.normal(0, 1, (n, 2, 4, 4)).astype(np.float32) * rng.uniform(0.4, 1.4, (n, 1, 1, 1)).astype(
+        np.float32)
+    displacement = interp @ coarse @ interp.T  # (n, 2, 28, 28)
+    grid = np.arange(IMAGE_SIZE, dtype=np.float32) - (IMAGE_SIZE - 1) / 2
+    inverse = np.linalg.inv(forward).astype(np.float32)
+    offset = (np.einsum("nij,nj->ni", inverse, box_centre) + centre).astype(np.float32)  # (n, 2)
+    inverse /= scale.astype(np.float32)[:, None, None]
+    paper_rows = grid[None, :, None] + displacement[:, 0]  # (n, 28, 28)
+    paper_cols = grid[None, None, :] + displacement[:, 1]
+    rows = inverse[:, 0, 0, None, None] * paper_rows + inverse[:, 0, 1, None, None] * paper_cols \
+        + offset[:, 0, None, None]
+    cols = inverse[:, 1, 0, None, None] * paper_rows + inverse[:, 1, 1, None, None] * paper_cols \
+        + offset[:, 1, None, None]
+    image = _bilinear(bank, glyph, rows, cols)
+    # Ink intensity: EMNIST strokes have saturated cores and edges about a
+    # pixel wide, so stretch the contrast; a few are fainter.
+    image /= np.maximum(image.max(axis=(1, 2), keepdims=True), 1e-6)
+    image = np.clip(image * 1.8 - 0.15, 0, 1) * rng.uniform(0.85, 1.0, (n, 1, 1)).astype(np.float32)
+    return np.rint(image * 255).astype(np.uint8)
+
+
+def _bilinear(bank, glyph, rows, cols):
+    """Sample ``bank[glyph[n]]`` at fractional (rows, cols); zero outside the ink.
+
+    Coordinates are clamped to the canvas, whose 1-pixel rim is always blank
+    (``_glyph_bank`` centres the glyphs with a wide margin), so outside is 0.
+    """
+    side = bank.shape[1]
+    rows = np.clip(rows, 0, side - 1.001)
+    cols = np.clip(cols, 0, side - 1.001)
+    r0 = rows.astype(np.int32)
+    c0 = cols.astype(np.int32)
+    fr = rows - r0
+    fc = cols - c0
+    index = (glyph.astype(np.int64)[:, None, None] * side + r0) * side + c0
+    flat = bank.reshape(-1)
+    top = flat.take(index) * (1 - fc) + flat.take(index + 1) * fc
+    bottom = flat.take(index + side) * (1 - fc) + flat.take(index + side + 1) * fc
+    return top * (1 - fr) + bottom * fr
+
+
+def _load_synthetic(train_size, test_size, seed, cache_dir, note):
+    sizes = (train_size or EMNIST_TRAIN_CAPITALS, test_size or EMNIST_TEST_CAPITALS)
+    key = f"synthetic|{sizes[0]}|{sizes[1]}|{seed}"
+
+    def build():
+        splits = []
+        for split, size in enumerate(sizes):
+            rng = np.random.default_rng([seed, split])
+            labels = rng.permutation(np.arange(size) % len(LETTERS))
+            splits.append((synthetic_letters(labels, (seed, split)), labels))
+        return splits
+
+    source = DataSource("synthetic", seed=seed, note=note)
+    return _finish(_cached(cache_dir, key, build), source)

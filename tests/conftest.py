@@ -1,0 +1,83 @@
+"""Shared fixtures: a hermetic environment and a tiny NIST-layout EMNIST archive."""
+import gzip
+import io
+import os
+import socket
+import zipfile
+from pathlib import Path
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+
+import data_prepro
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_ZIP = REPO.parent / "shared" / "data" / "emnist-sample.zip"
+
+
+def closed_port_url():
+    """An http URL on 127.0.0.1 where nothing listens."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/gzip.zip"
+
+
+@pytest.fixture(autouse=True)
+def hermetic(tmp_path_factory, monkeypatch):
+    """No test reads the user's cache, EMNIST_PATH or the internet."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("EMNIST_PATH", raising=False)
+    unreachable = closed_port_url()
+    monkeypatch.setattr(data_prepro, "download_urls", lambda: [unreachable])
+    yield
+
+
+def idx_bytes(array, magic_dims=None):
+    """Encode a uint8 array as an IDX file (optionally with a wrong dimension count)."""
+    array = np.asarray(array, np.uint8)
+    ndim = array.ndim if magic_dims is None else magic_dims
+    header = bytes([0, 0, 0x08, ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.tobytes()
+
+
+def write_nist_zip(path, splits, members=None):
+    """Write ``splits = {"train": (upright_u8, labels), "test": ...}`` in NIST's layout.
+
+    Images are stored transposed, as NIST does. ``members`` overrides the
+    bytes of chosen members (already compressed), for damaged archives.
+    """
+    members = dict(members or {})
+    with zipfile.ZipFile(path, "w") as archive:
+        for usage, (images, labels) in splits.items():
+            image_name = f"gzip/emnist-balanced-{usage}-images-idx3-ubyte.gz"
+            label_name = f"gzip/emnist-balanced-{usage}-labels-idx1-ubyte.gz"
+            stored = np.ascontiguousarray(np.asarray(images, np.uint8).transpose(0, 2, 1))
+            archive.writestr(image_name, members.pop(image_name, gzip.compress(idx_bytes(stored))))
+            archive.writestr(label_name, members.pop(label_name, gzip.compress(idx_bytes(labels))))
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def tiny_splits(seed=0, train_per_label=3, test_per_label=2):
+    """Random upright images for every EMNIST balanced label 0-46."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for usage, per_label in (("train", train_per_label), ("test", test_per_label)):
+        labels = np.repeat(np.arange(47, dtype=np.uint8), per_label)
+        rng.shuffle(labels)
+        images = rng.integers(0, 256, (len(labels), 28, 28), dtype=np.uint8)
+        out[usage] = (images, labels)
+    return out
+
+
+@pytest.fixture
+def tiny_zip(tmp_path):
+    """``(path, splits)``: a small NIST-layout gzip.zip with digits, capitals and lower case."""
+    splits = tiny_splits()
+    return write_nist_zip(tmp_path / "gzip.zip", splits), splits

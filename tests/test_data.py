@@ -1,0 +1,402 @@
+"""data_prepro: the real loader, downloads, synthetic letters, noise and every error."""
+import gzip
+import http.server
+import logging
+import subprocess
+import sys
+import threading
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+import data_prepro
+from conftest import SAMPLE_ZIP, closed_port_url, idx_bytes, tiny_splits, write_nist_zip
+
+IMAGES = "gzip/emnist-balanced-train-images-idx3-ubyte.gz"
+LABELS = "gzip/emnist-balanced-train-labels-idx1-ubyte.gz"
+
+
+def capitals(images, labels):
+    keep = (labels >= 10) & (labels <= 35)
+    return images[keep], labels[keep].astype(np.int64) - 10
+
+
+# ---------------------------------------------------------------- real EMNIST reader
+
+def test_reader_is_upright_pixel_exact_capitals_only(tiny_zip, tmp_path):
+    path, splits = tiny_zip
+    (x_train, y_train), (x_test, y_test) = data_prepro.input_read(path, cache_dir=tmp_path / "cache")
+    for (x, y), usage in (((x_train, y_train), "train"), ((x_test, y_test), "test")):
+        want_x, want_y = capitals(*splits[usage])
+        assert x.dtype == np.float32 and x.shape == (len(want_x), 28, 28, 1)
+        assert y.dtype == np.int64 and set(np.unique(y)) == set(range(26))
+        np.testing.assert_array_equal(y, want_y)
+        # Written transposed, read back upright and pixel-exact.
+        np.testing.assert_array_equal(np.rint(x[..., 0] * 255).astype(np.uint8), want_x)
+        assert 0.0 <= x.min() and x.max() <= 1.0
+
+
+def test_reader_accepts_a_folder_of_gz_files(tiny_zip, tmp_path):
+    import zipfile
+
+    path, _ = tiny_zip
+    folder = tmp_path / "unpacked"
+    zipfile.ZipFile(path).extractall(folder)
+    from_zip = data_prepro.input_read(path, cache_dir=tmp_path / "c1")
+    for candidate in (folder, folder / "gzip"):
+        from_folder = data_prepro.input_read(candidate, cache_dir=tmp_path / "c2")
+        np.testing.assert_array_equal(from_folder[0][0], from_zip[0][0])
+        assert from_folder.source.kind == "emnist"
+
+
+def test_emnist_path_env_and_cache_lookup(tiny_zip, tmp_path, monkeypatch):
+    path, _ = tiny_zip
+    monkeypatch.setenv("EMNIST_PATH", str(path))
+    loaded = data_prepro.input_read("emnist", cache_dir=tmp_path / "cache")
+    assert loaded.source.kind == "emnist" and loaded.source.path == str(path.resolve())
+    monkeypatch.delenv("EMNIST_PATH")
+    cache = tmp_path / "cache2"
+    cache.mkdir()
+    (cache / "emnist.zip").write_bytes(path.read_bytes())
+    assert data_prepro.input_read("auto", cache_dir=cache).source.kind == "emnist"
+
+
+def test_default_cache_is_the_emnist_package_cache(tiny_zip, tmp_path):
+    import emnist
+
+    assert data_prepro.default_cache_dir() / "emnist.zip" == data_prepro.Path(emnist.get_cached_data_path())
+
+
+def test_balanced_subsample_is_deterministic(tiny_zip, tmp_path):
+    path, _ = tiny_zip
+    first = data_prepro.input_read(path, train_size=52, test_size=26, seed=3, cache_dir=tmp_path / "a")
+    again = data_prepro.input_read(path, train_size=52, test_size=26, seed=3, cache_dir=tmp_path / "b")
+    other = data_prepro.input_read(path, train_size=52, test_size=26, seed=4, cache_dir=tmp_path / "b")
+    (x, y), (xt, yt) = first
+    assert len(x) == 52 and len(xt) == 26
+    assert np.bincount(y, minlength=26).tolist() == [2] * 26
+    assert np.bincount(yt, minlength=26).tolist() == [1] * 26
+    np.testing.assert_array_equal(x, again[0][0])
+    assert not np.array_equal(x, other[0][0])
+
+
+def test_balanced_subsample_spreads_shortfalls():
+    labels = np.concatenate([np.zeros(1, int), np.repeat(np.arange(1, 26), 10)])
+    chosen = data_prepro.balanced_subsample(labels, 77, seed=0)
+    counts = np.bincount(labels[chosen], minlength=26)
+    assert counts.sum() == 77 and counts[0] == 1 and counts[1:].min() >= 3 and counts.max() <= 4
+    assert len(np.unique(chosen)) == 77
+
+
+def test_prepared_cache_is_used_and_a_corrupt_one_rebuilt(tiny_zip, tmp_path, caplog):
+    path, _ = tiny_zip
+    cache = tmp_path / "cache"
+    first = data_prepro.input_read(path, cache_dir=cache)
+    (stored,) = list((cache / "prepared").glob("emnist-*.npz"))
+    stored.write_bytes(stored.read_bytes()[:200])  # truncated
+    with caplog.at_level(logging.WARNING, logger="data_prepro"):
+        again = data_prepro.input_read(path, cache_dir=cache)
+    assert "unreadable" in caplog.text
+    np.testing.assert_array_equal(first[0][0], again[0][0])
+    np.testing.assert_array_equal(first[1][1], again[1][1])
+
+
+def test_source_is_logged_once(tiny_zip, tmp_path, caplog):
+    path, _ = tiny_zip
+    with caplog.at_level(logging.INFO, logger="data_prepro"):
+        data_prepro.input_read(path, cache_dir=tmp_path)
+    lines = [r for r in caplog.records if r.name == "data_prepro" and "data:" in r.getMessage()]
+    assert len(lines) == 1 and "EMNIST balanced capitals from" in lines[0].getMessage()
+
+
+# ---------------------------------------------------------------- reader errors
+
+def test_unknown_source_word():
+    with pytest.raises(ValueError, match=r"Expected source to be one of .* Received: source='emnst'"):
+        data_prepro.input_read("emnst")
+
+
+def test_source_of_wrong_type():
+    with pytest.raises(ValueError, match=r"Expected source .* Received: source=3"):
+        data_prepro.input_read(3)
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"source path .*nowhere.zip' does not exist"):
+        data_prepro.input_read(str(tmp_path / "nowhere.zip"))
+
+
+def test_missing_emnist_path_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMNIST_PATH", str(tmp_path / "gone.zip"))
+    with pytest.raises(FileNotFoundError, match=r"EMNIST_PATH=.*gone.zip' does not exist"):
+        data_prepro.input_read("emnist", cache_dir=tmp_path)
+
+
+def test_zip_without_balanced_members(tmp_path):
+    import zipfile
+
+    path = tmp_path / "other.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("gzip/emnist-letters-train-images-idx3-ubyte.gz", b"")
+    with pytest.raises(ValueError, match=r"lacks gzip/emnist-balanced-train-images-idx3-ubyte.gz"):
+        data_prepro.input_read(path, cache_dir=tmp_path)
+
+
+def test_not_a_zip(tmp_path):
+    path = tmp_path / "gzip.zip"
+    path.write_bytes(b"<html>not found</html>")
+    with pytest.raises(ValueError, match=r"is not a readable zip archive"):
+        data_prepro.input_read(path, cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not gzip"])
+def test_damaged_member(tmp_path, damage):
+    splits = tiny_splits()
+    images, _ = splits["train"]
+    good = gzip.compress(idx_bytes(images))
+    data = good[: len(good) // 2] if damage == "truncated" else b"plain bytes, not gzip"
+    path = write_nist_zip(tmp_path / "gzip.zip", splits, {IMAGES: data})
+    with pytest.raises(ValueError, match=r"emnist-balanced-train-images-idx3-ubyte.gz in .* is not a complete gzip"):
+        data_prepro.input_read(path, cache_dir=tmp_path)
+
+
+def test_wrong_idx_magic(tmp_path):
+    splits = tiny_splits()
+    path = write_nist_zip(tmp_path / "gzip.zip", splits, {LABELS: gzip.compress(idx_bytes(splits["train"][0]))})
+    with pytest.raises(ValueError, match=r"labels-idx1-ubyte.gz in .* has IDX magic 00000803: expected 00000801"):
+        data_prepro.input_read(path, cache_dir=tmp_path)
+
+
+def test_wrong_idx_dimensions(tmp_path):
+    splits = tiny_splits()
+    small = np.zeros((5, 20, 20), np.uint8)
+    path = write_nist_zip(tmp_path / "gzip.zip", splits, {IMAGES: gzip.compress(idx_bytes(small))})
+    with pytest.raises(ValueError, match=r"holds arrays of shape \(5, 20, 20\): expected \(N, 28, 28\)"):
+        data_prepro.input_read(path, cache_dir=tmp_path)
+
+
+def test_idx_payload_size_mismatch():
+    data = idx_bytes(np.zeros((3, 28, 28), np.uint8))[:-5]
+    with pytest.raises(ValueError, match=r"has 2347 data bytes: its header announces 2352"):
+        data_prepro.parse_idx(data, (None, 28, 28), where="f")
+
+
+def test_image_and_label_counts_differ(tmp_path):
+    splits = tiny_splits()
+    images, labels = splits["train"]
+    splits["train"] = (images, labels[:-4])
+    path = write_nist_zip(tmp_path / "gzip.zip", splits)
+    with pytest.raises(ValueError, match=r"train split has 141 images but 137 labels"):
+        data_prepro.input_read(path, cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize("name", ["train_size", "test_size"])
+@pytest.mark.parametrize("value", [0, -3, 2.5, True])
+def test_size_must_be_positive_integer(name, value):
+    with pytest.raises(ValueError, match=rf"Expected {name} to be a positive integer or None. Received: {name}="):
+        data_prepro.input_read("synthetic", **{name: value})
+
+
+def test_size_above_what_exists(tiny_zip, tmp_path):
+    path, _ = tiny_zip
+    with pytest.raises(ValueError, match=r"Expected test_size <= 52 \(the images available\). Received: test_size=53"):
+        data_prepro.input_read(path, test_size=53, cache_dir=tmp_path)
+
+
+def test_seed_must_be_non_negative_integer():
+    with pytest.raises(ValueError, match=r"Expected seed to be a non-negative integer. Received: seed=-1"):
+        data_prepro.input_read("synthetic", seed=-1)
+
+
+# ---------------------------------------------------------------- download
+
+class _Server:
+    def __init__(self, payload):
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.requests.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if self.path == "/drop.zip":  # the connection dies half-way
+                    self.wfile.write(payload[: len(payload) // 2])
+                    self.wfile.flush()
+                    self.connection.shutdown(2)
+                    return
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.requests = []
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server(tiny_zip):
+    path, _ = tiny_zip
+    running = _Server(path.read_bytes())
+    yield running
+    running.close()
+
+
+def test_download_complete(server, tiny_zip, tmp_path):
+    destination = tmp_path / "cache" / "emnist.zip"
+    got = data_prepro.download_emnist(destination, urls=[f"{server.url}/gzip.zip"], probe_timeout=3)
+    assert got == destination and destination.read_bytes() == tiny_zip[0].read_bytes()
+    assert not list(destination.parent.glob("*.part"))
+
+
+def test_auto_downloads_into_the_cache(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(data_prepro, "download_urls", lambda: [f"{server.url}/gzip.zip"])
+    loaded = data_prepro.input_read("auto", cache_dir=tmp_path)
+    assert loaded.source.kind == "emnist" and (tmp_path / "emnist.zip").is_file()
+    assert server.requests == ["/gzip.zip"]
+
+
+def test_dropped_connection_leaves_no_cache_and_tries_the_next_address(server, tmp_path):
+    destination = tmp_path / "emnist.zip"
+    with pytest.raises(ConnectionError, match=r"could not download EMNIST: .*drop.zip"):
+        data_prepro.download_emnist(destination, urls=[f"{server.url}/drop.zip"])
+    assert not destination.exists() and not list(tmp_path.glob("*.part"))
+    got = data_prepro.download_emnist(destination, urls=[f"{server.url}/drop.zip", f"{server.url}/gzip.zip"])
+    assert got.is_file() and server.requests == ["/drop.zip", "/drop.zip", "/gzip.zip"]
+
+
+def test_auto_falls_back_to_synthetic_within_seconds(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_prepro, "download_urls", lambda: [closed_port_url(), "http://192.0.2.1:9/gzip.zip"])
+    start = time.perf_counter()
+    with pytest.warns(UserWarning, match=r"Using SYNTHETIC letters, not EMNIST: .*EMNIST_PATH"):
+        loaded = data_prepro.input_read("auto", train_size=26, test_size=26, cache_dir=tmp_path)
+    assert time.perf_counter() - start < data_prepro.AUTO_PROBE_TIMEOUT + 5
+    assert loaded.source.kind == "synthetic" and "unavailable" in loaded.source.note
+    assert not (tmp_path / "emnist.zip").exists()
+
+
+def test_explicit_emnist_without_data_says_how_to_get_it(tmp_path):
+    with pytest.raises(ConnectionError, match=r"could not download EMNIST: http://127.0.0.1"):
+        data_prepro.input_read("emnist", cache_dir=tmp_path)
+
+
+# ---------------------------------------------------------------- synthetic letters
+
+def test_synthetic_shapes_balance_determinism(tmp_path):
+    (x, y), (xt, yt) = loaded = data_prepro.input_read("synthetic", train_size=260, test_size=52, seed=1,
+                                                       cache_dir=tmp_path / "a")
+    assert x.shape == (260, 28, 28, 1) and xt.shape == (52, 28, 28, 1) and x.dtype == np.float32
+    assert np.bincount(y, minlength=26).tolist() == [10] * 26
+    assert np.bincount(yt, minlength=26).tolist() == [2] * 26
+    assert 0 <= x.min() and x.max() <= 1 and x.max() > 0.8
+    assert loaded.source.kind == "synthetic" and loaded.source.seed == 1
+    # Generated afresh (another cache) with the same seed: identical; another seed: different.
+    same = data_prepro.input_read("synthetic", train_size=260, test_size=52, seed=1, cache_dir=tmp_path / "b")
+    other = data_prepro.input_read("synthetic", train_size=260, test_size=52, seed=2, cache_dir=tmp_path / "b")
+    np.testing.assert_array_equal(x, same[0][0])
+    np.testing.assert_array_equal(yt, same[1][1])
+    assert not np.array_equal(x, other[0][0])
+    assert not np.array_equal(x[:52], xt)
+
+
+def test_synthetic_letters_are_framed_like_emnist():
+    labels = np.arange(26 * 8) % 26
+    images = data_prepro.synthetic_letters(labels, 0)
+    ink = images > 64
+    rows, cols = ink.any(2), ink.any(1)
+    height = 28 - np.argmax(rows[:, ::-1], 1) - np.argmax(rows, 1)
+    width = 28 - np.argmax(cols[:, ::-1], 1) - np.argmax(cols, 1)
+    # The longer side spans about 24 pixels; the glyph is centred.
+    assert np.median(np.maximum(height, width)) >= 21
+    centre_row = (np.argmax(rows, 1) + 27 - np.argmax(rows[:, ::-1], 1)) / 2
+    assert abs(np.median(centre_row) - 13.5) <= 1.5
+    # Border pixels are mostly blank, as in EMNIST.
+    assert images[:, 0, :].mean() < 10 and images[:, :, 0].mean() < 10
+
+
+def test_synthetic_default_sizes_match_emnist(tmp_path):
+    (x, y), (xt, yt) = data_prepro.input_read("synthetic", cache_dir=tmp_path)
+    assert x.shape == (62_400, 28, 28, 1) and xt.shape == (10_400, 28, 28, 1)
+    assert np.bincount(y).tolist() == [2400] * 26 and np.bincount(yt).tolist() == [400] * 26
+
+
+# ---------------------------------------------------------------- noise
+
+def test_noise_addition_clips_and_keeps_input():
+    x = np.random.default_rng(0).random((50, 28, 28, 1)).astype(np.float32)
+    before = x.copy()
+    noisy = data_prepro.noise_addition(x, 0.5, seed=1)
+    assert noisy.dtype == np.float32 and noisy.shape == x.shape
+    assert noisy.min() == 0.0 and noisy.max() == 1.0
+    np.testing.assert_array_equal(x, before)
+    np.testing.assert_array_equal(noisy, data_prepro.noise_addition(x, 0.5, seed=1))
+    assert not np.array_equal(noisy, data_prepro.noise_addition(x, 0.5, seed=2))
+    # Away from the clip, the noise is N(0, 0.5^2).
+    middle = np.full((400, 28, 28), 0.5, np.float32)
+    residual = data_prepro.noise_addition(middle, 0.1, seed=0) - 0.5
+    assert abs(residual.std() - 0.1) < 0.002 and abs(residual.mean()) < 0.002
+
+
+def test_noise_zero_is_an_equal_copy():
+    x = np.random.default_rng(0).random((3, 28, 28)).astype(np.float32)
+    copy = data_prepro.noise_addition(x, 0)
+    np.testing.assert_array_equal(copy, x)
+    assert copy is not x and copy.shape == (3, 28, 28)
+
+
+@pytest.mark.parametrize("std", [-0.1, float("nan"), float("inf"), "0.5"])
+def test_noise_std_must_be_finite_non_negative(std):
+    with pytest.raises(ValueError, match=r"Expected noise_std to be a finite number >= 0. Received: noise_std="):
+        data_prepro.noise_addition(np.zeros((1, 28, 28)), std)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_noise_rejects_non_finite_images(bad):
+    x = np.zeros((2, 28, 28), np.float32)
+    x[1, 3, 4] = bad
+    with pytest.raises(ValueError, match=r"Expected x with finite values. Received: 1 NaN or inf values in x"):
+        data_prepro.noise_addition(x)
+
+
+def test_noise_rejects_values_outside_unit_interval():
+    with pytest.raises(ValueError, match=r"Expected x with values in \[0, 1\]. Received: x in \[255, 255\]"):
+        data_prepro.noise_addition(np.full((1, 28, 28), 255.0))
+
+
+@pytest.mark.parametrize("shape", [(28, 28), (1, 32, 32), (1, 28, 28, 3), (0, 28, 28)])
+def test_noise_rejects_bad_shapes(shape):
+    with pytest.raises(ValueError, match=r"Expected x with shape \(N, 28, 28\) or \(N, 28, 28, 1\). Received:"):
+        data_prepro.noise_addition(np.zeros(shape))
+
+
+# ---------------------------------------------------------------- imports and the real sample
+
+def test_data_prepro_does_not_import_tensorflow():
+    code = "import sys, data_prepro; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.skipif(not SAMPLE_ZIP.is_file(), reason="shared EMNIST sample not present")
+def test_real_sample_loads_upright_capitals(tmp_path):
+    (x, y), (xt, yt) = data_prepro.input_read(SAMPLE_ZIP, cache_dir=tmp_path)
+    assert x.shape == (5052, 28, 28, 1) and xt.shape == (1219, 28, 28, 1)
+    assert set(np.unique(y)) == set(range(26))
+    # Upright: each letter's mean image correlates with the (upright by
+    # construction) synthetic letter better than its transpose does.
+    synthetic = data_prepro.synthetic_letters(np.repeat(np.arange(26), 40), 0).astype(np.float32)
+    better = 0
+    for letter in range(26):
+        real_mean = x[y == letter, ..., 0].mean(0).ravel()
+        real_transposed = x[y == letter, ..., 0].mean(0).T.ravel()
+        template = synthetic[letter * 40:(letter + 1) * 40].mean(0).ravel()
+        better += np.corrcoef(real_mean, template)[0, 1] > np.corrcoef(real_transposed, template)[0, 1]
+    assert better >= 20
