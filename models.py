@@ -1,0 +1,700 @@
+"""Denoising VAEs of the study (the report's Architecture_1/2/3_Variation_AE) and its plain autoencoder.
+
+* :func:`build_model` builds ``"arch1"``, ``"arch2"``, ``"arch3"`` (VAEs) or
+  ``"ae"`` (the report's "Architecture_1_VAE": architecture 1 with a
+  deterministic code). Each is a :class:`DenoisingVAE` exposing ``.encoder``
+  and ``.decoder``; with ``latent_dim=2`` parameter counts equal the report.
+* :func:`train_model` fits a model to map noisy images to clean ones into a run
+  folder, resuming from the last finished epoch after any interruption.
+* :func:`evaluate` computes test metrics in batches, including an
+  importance-weighted estimate of log p(x) (Burda et al. 2016).
+
+Everything here uses Keras 3 on the TensorFlow backend. Importing this module
+asks TensorFlow for oneDNN kernels (``TF_ENABLE_ONEDNN_OPTS=1``) unless the
+variable is already set, and has no other effect.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+# Must precede the first TensorFlow import to take effect; oneDNN's CPU
+# kernels speed up the conv models considerably where TF leaves them off.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from keras import layers, ops  # noqa: E402
+
+from data_prepro import IMAGE_SIZE, check_images  # noqa: E402
+
+ARCHITECTURES = ("arch1", "arch2", "arch3", "ae")
+PIXELS = IMAGE_SIZE * IMAGE_SIZE
+INPUT_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
+METRIC_NAMES = ("loss", "reconstruction", "kl", "accuracy")
+
+
+# --------------------------------------------------------------------------
+# Layers and the model
+# --------------------------------------------------------------------------
+
+@keras.saving.register_keras_serializable(package="denoising_vae")
+class Sampling(layers.Layer):
+    """Draws z = mean + exp(log_var / 2) * eps, eps ~ N(0, I) (the reparameterisation trick).
+
+    Example:
+        >>> z = Sampling(seed=0)([z_mean, z_log_var])  # (B, latent_dim)
+
+    Args:
+        seed: seed of the layer's own random stream (``None``: from Keras' global seed).
+    """
+
+    def __init__(self, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs):
+        z_mean, z_log_var = inputs
+        epsilon = keras.random.normal(ops.shape(z_mean), seed=self.seed_generator)
+        return z_mean + ops.exp(0.5 * z_log_var) * epsilon
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed}
+
+
+def _conv_encoder_trunk(inputs, filters, prefix):
+    """Conv(3x3, relu, same) + MaxPool(2, same) blocks, then Flatten."""
+    x = inputs
+    for index, count in enumerate(filters, start=1):
+        x = layers.Conv2D(count, 3, activation="relu", padding="same", name=f"{prefix}_conv{index}")(x)
+        x = layers.MaxPooling2D(2, padding="same", name=f"{prefix}_maxpool{index}")(x)
+    return layers.Flatten(name="flatten")(x)
+
+
+def _encoder(architecture, latent_dim, seed):
+    """The encoder of the report's tables: VAEs give [z_mean, z_log_var, z], ``ae`` gives [code]."""
+    inputs = keras.Input(INPUT_SHAPE, name="input_encoder")
+    if architecture in ("arch1", "ae"):
+        hidden = _conv_encoder_trunk(inputs, (16, 8), "encoder")  # (B, 392)
+    elif architecture == "arch2":
+        hidden = layers.Flatten(name="flat_encoder")(inputs)
+        hidden = layers.Dense(512, activation="relu", name="encoding_dense")(hidden)  # (B, 512)
+    else:
+        hidden = _conv_encoder_trunk(inputs, (16, 8, 8), "encoder")  # (B, 128)
+    if architecture == "ae":
+        code = layers.Dense(latent_dim, name="code")(hidden)
+        return keras.Model(inputs, code, name="encoder")
+    z_mean = layers.Dense(latent_dim, name="mean")(hidden)
+    z_log_var = layers.Dense(latent_dim, name="log_var")(hidden)
+    z = Sampling(seed=seed, name="sampling")([z_mean, z_log_var])
+    return keras.Model(inputs, [z_mean, z_log_var, z], name="encoder")
+
+
+def _decoder(architecture, latent_dim):
+    """The decoder of the report's tables: (B, latent_dim) -> (B, 28, 28, 1) in (0, 1)."""
+    inputs = keras.Input((latent_dim,), name="decoder_input")
+    if architecture in ("arch1", "ae"):
+        x = layers.Dense(512, activation="relu", name="decoding")(inputs)
+        x = layers.Dense(256, activation="relu", name="decoding1")(x)
+        x = layers.Dense(PIXELS, activation="sigmoid", name="flat_decoded")(x)
+        outputs = layers.Reshape(INPUT_SHAPE, name="out_decoded")(x)
+    elif architecture == "arch2":
+        x = layers.Dense(512, activation="relu", name="decoding_dense")(inputs)
+        x = layers.Dense(PIXELS, activation="sigmoid", name="flat_decoder")(x)
+        outputs = layers.Reshape(INPUT_SHAPE, name="output_decoder")(x)
+    else:
+        x = layers.Dense(128, activation="relu", name="decoder_dense1")(inputs)
+        x = layers.Reshape((4, 4, 8), name="decoder_reshape")(x)
+        x = layers.Conv2D(8, 3, activation="relu", padding="same", name="decoder_conv1")(x)
+        x = layers.UpSampling2D(name="decoder_upsampling1")(x)  # (B, 8, 8, 8)
+        x = layers.Conv2D(8, 3, activation="relu", padding="same", name="decoder_conv2")(x)
+        x = layers.UpSampling2D(name="decoder_upsampling2")(x)  # (B, 16, 16, 8)
+        x = layers.Conv2D(16, 3, activation="relu", padding="valid", name="decoder_conv3")(x)  # (B, 14, 14, 16)
+        x = layers.UpSampling2D(name="decoder_upsampling3")(x)  # (B, 28, 28, 16)
+        outputs = layers.Conv2D(1, 3, activation="sigmoid", padding="same", name="decoder_conv4")(x)
+    return keras.Model(inputs, outputs, name="decoder")
+
+
+def reconstruction_loss(clean, predicted):
+    """Binary cross-entropy summed over the 784 pixels: (B, 28, 28, 1) x2 -> (B,) nats.
+
+    Probabilities are clipped to [1e-7, 1 - 1e-7] as Keras does.
+    """
+    predicted = ops.clip(ops.reshape(predicted, (-1, PIXELS)), 1e-7, 1 - 1e-7)
+    clean = ops.reshape(clean, (-1, PIXELS))
+    return -ops.sum(clean * ops.log(predicted) + (1 - clean) * ops.log(1 - predicted), axis=1)
+
+
+def kl_divergence(z_mean, z_log_var):
+    """KL(N(mean, exp(log_var)) || N(0, I)) per image, (B, D) x2 -> (B,) nats.
+
+    -1/2 * sum(1 + log var - mean^2 - var) (Kingma & Welling 2014, appendix B).
+    """
+    return -0.5 * ops.sum(1 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var), axis=1)
+
+
+def pixel_accuracy(clean, predicted):
+    """Per image, the fraction of pixels on the same side of 0.5 in both: (B,)."""
+    agree = ops.equal(ops.reshape(clean, (-1, PIXELS)) > 0.5, ops.reshape(predicted, (-1, PIXELS)) > 0.5)
+    return ops.mean(ops.cast(agree, "float32"), axis=1)
+
+
+@keras.saving.register_keras_serializable(package="denoising_vae")
+class DenoisingVAE(keras.Model):
+    """Encoder + decoder trained to map noisy images to clean ones.
+
+    Loss per batch = mean over images of [reconstruction + beta * KL], with
+    reconstruction the summed binary cross-entropy against the *clean* image
+    and KL as in :func:`kl_divergence` (absent for the deterministic ``ae``).
+
+    Training data are either clean images alone, corrupted inside the
+    compiled step with fresh noise of std ``train_noise_std`` (then > 0), or
+    ``(noisy, clean)`` pairs. Evaluation never adds noise: it expects pairs.
+
+    Args:
+        encoder: model (B, 28, 28, 1) -> [z_mean, z_log_var, z] (VAE) or [code].
+        decoder: model (B, latent_dim) -> (B, 28, 28, 1) in (0, 1).
+        architecture: the name it was built as (``"arch1"`` ...).
+        beta: weight of the KL term, >= 0.
+        train_noise_std: std of the noise drawn in each training step (0: none).
+        seed: seed of the training-noise stream.
+    """
+
+    def __init__(self, encoder, decoder, architecture="", beta=1.0, train_noise_std=0.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.decoder = decoder
+        self.architecture = architecture
+        self.beta = float(beta)
+        self.train_noise_std = float(train_noise_std)
+        self.seed = seed
+        self.variational = len(encoder.outputs) == 3  # [z_mean, z_log_var, z]; the AE has one code
+        self.latent_dim = int(decoder.inputs[0].shape[-1])
+        self.noise_seed_generator = keras.random.SeedGenerator(seed)
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in METRIC_NAMES}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def encode(self, inputs, training=False):
+        """``(z_mean, z_log_var, z)`` (B, D) each; for the AE ``(code, None, code)``."""
+        encoded = self.encoder(inputs, training=training)
+        return tuple(encoded) if self.variational else (encoded, None, encoded)
+
+    def call(self, inputs, training=False):
+        """Reconstruction through a sampled z (VAE) or the code (AE): (B, 28, 28, 1)."""
+        return self.decoder(self.encode(inputs, training=training)[2], training=training)
+
+    def losses_per_image(self, noisy, clean, training=False):
+        """Per-image reconstruction, KL and accuracy, (B,) each."""
+        z_mean, z_log_var, z = self.encode(noisy, training=training)
+        predicted = self.decoder(z, training=training)
+        reconstruction = reconstruction_loss(clean, predicted)
+        kl = kl_divergence(z_mean, z_log_var) if self.variational else ops.zeros_like(reconstruction)
+        return reconstruction, kl, pixel_accuracy(clean, predicted)
+
+    def _update(self, reconstruction, kl, accuracy):
+        loss = ops.mean(reconstruction) + self.beta * ops.mean(kl)
+        for name, value in zip(METRIC_NAMES, (loss, ops.mean(reconstruction), ops.mean(kl), ops.mean(accuracy))):
+            self.trackers[name].update_state(value)
+        return loss
+
+    def _pair(self, data, training):
+        if isinstance(data, (tuple, list)):
+            return (data[0], data[1]) if len(data) > 1 else (data[0], data[0])
+        clean = data
+        if training and self.train_noise_std > 0:
+            noise = keras.random.normal(ops.shape(clean), stddev=self.train_noise_std,
+                                        seed=self.noise_seed_generator)
+            return ops.clip(clean + noise, 0.0, 1.0), clean
+        return clean, clean
+
+    def train_step(self, data):
+        noisy, clean = self._pair(data, training=True)
+        with tf.GradientTape() as tape:
+            reconstruction, kl, accuracy = self.losses_per_image(noisy, clean, training=True)
+            loss = ops.mean(reconstruction) + self.beta * ops.mean(kl)
+        gradients = tape.gradient(loss, self.trainable_weights)
+        self.optimizer.apply(gradients, self.trainable_weights)
+        self._update(reconstruction, kl, accuracy)
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def test_step(self, data):
+        noisy, clean = self._pair(data, training=False)
+        self._update(*self.losses_per_image(noisy, clean))
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def get_config(self):
+        return {"name": self.name, "trainable": self.trainable,
+                "encoder": keras.saving.serialize_keras_object(self.encoder),
+                "decoder": keras.saving.serialize_keras_object(self.decoder),
+                "architecture": self.architecture, "beta": self.beta,
+                "train_noise_std": self.train_noise_std, "seed": self.seed}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+        config["decoder"] = keras.saving.deserialize_keras_object(config["decoder"])
+        return cls(**config)
+
+
+def build_model(name, latent_dim=2, *, beta=1.0, seed=None):
+    """Build one of the study's models, uncompiled.
+
+    Args:
+        name: ``"arch1"``, ``"arch2"``, ``"arch3"`` or ``"ae"``.
+        latent_dim: size of the latent space, >= 1 (the report uses 2).
+        beta: weight of the KL term (ignored by ``"ae"``), >= 0.
+        seed: seeds the initial weights (through ``keras.utils.set_random_seed``,
+            which also seeds Python, NumPy and TensorFlow) and the sampling
+            layer's stream; ``None`` leaves them unseeded.
+
+    Returns:
+        :class:`DenoisingVAE` with ``.encoder`` and ``.decoder``; call it on
+        (B, 28, 28, 1) images for (B, 28, 28, 1) reconstructions.
+    """
+    if name not in ARCHITECTURES:
+        raise ValueError(f"Expected name to be one of {ARCHITECTURES}. Received: name={name!r}")
+    if isinstance(latent_dim, bool) or not isinstance(latent_dim, (int, np.integer)) or latent_dim < 1:
+        raise ValueError(f"Expected latent_dim to be an integer >= 1. Received: latent_dim={latent_dim!r}")
+    _check_beta(beta)
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    encoder = _encoder(name, int(latent_dim), seed)
+    decoder = _decoder(name, int(latent_dim))
+    model = DenoisingVAE(encoder, decoder, architecture=name, beta=beta, seed=seed, name=name)
+    model.build((None, *INPUT_SHAPE))
+    return model
+
+
+def _check_beta(beta):
+    if isinstance(beta, bool) or not isinstance(beta, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(beta) or beta < 0:
+        raise ValueError(f"Expected beta to be a finite number >= 0. Received: beta={beta!r}")
+
+
+def parameter_counts(model):
+    """``{"encoder": n, "decoder": n, "total": n}`` trainable + non-trainable parameters."""
+    encoder, decoder = model.encoder.count_params(), model.decoder.count_params()
+    return {"encoder": encoder, "decoder": decoder, "total": encoder + decoder}
+
+
+def load_model(path):
+    """Load a saved ``.keras`` model (``safe_mode=True``)."""
+    return keras.models.load_model(path, safe_mode=True)
+
+
+# --------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class TrainingResult:
+    """What :func:`train_model` returns.
+
+    Attributes:
+        model: the trained model (loaded from the run folder when resumed).
+        history: per epoch lists: ``loss``, ``reconstruction``, ``kl``,
+            ``accuracy`` and the same with ``val_`` for validation.
+        epochs: epochs finished in total (previous runs included).
+        train_seconds: training time summed over all runs of this folder.
+        resumed_from: epochs found finished when this call started.
+        stopped_early: whether early stopping ended training.
+    """
+
+    model: DenoisingVAE
+    history: dict
+    epochs: int
+    train_seconds: float
+    resumed_from: int = 0
+    stopped_early: bool = False
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss."""
+
+
+class _EpochCheckpoint(keras.callbacks.Callback):
+    """Saves the whole model (optimizer state included) and the history after every epoch.
+
+    Order matters for a kill at any instant: the history row is written
+    first, then ``checkpoint-epochN.keras`` (atomically), then older
+    checkpoints are removed. On resume the newest loadable checkpoint decides
+    the epoch, and history rows after it are dropped.
+    """
+
+    def __init__(self, run_dir, history, seconds_before, metadata):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.history = history
+        self.seconds_before = seconds_before
+        self.metadata = metadata
+        self.started = None
+
+    def on_train_begin(self, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {key: float(value) for key, value in (logs or {}).items()}
+        bad = [key for key, value in logs.items() if not math.isfinite(value)]
+        if bad:
+            raise NonFiniteLossError(
+                f"training diverged: {bad[0]} became {logs[bad[0]]} in epoch {epoch + 1}; "
+                f"the run folder keeps epoch {epoch}; lower the learning rate or check the data")
+        seconds = self.seconds_before + time.perf_counter() - self.started
+        row = {"epoch": epoch + 1, **logs, "seconds": seconds}
+        self.history.append(row)
+        _write_history(self.run_dir / "history.csv", self.history)
+        path = self.run_dir / f"checkpoint-epoch{epoch + 1}.keras"
+        partial = self.run_dir / f".checkpoint-epoch{epoch + 1}.keras.part.keras"
+        self.model.save(partial)
+        os.replace(partial, path)
+        _atomic_json(self.run_dir / "progress.json", {**self.metadata, "epochs_done": epoch + 1,
+                                                       "train_seconds": seconds})
+        for old in self.run_dir.glob("checkpoint-epoch*.keras"):
+            if old != path:
+                old.unlink(missing_ok=True)
+
+
+class _StopOnNonFiniteBatch(keras.callbacks.Callback):
+    """Raises as soon as a batch's running loss is NaN or infinite."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", 0.0))
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"training diverged: loss became {loss} at batch {batch + 1}; "
+                "lower the learning rate or check the data")
+
+
+def _write_history(path, rows):
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    partial = path.with_name(path.name + ".part")
+    with open(partial, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(partial, path)
+
+
+def _atomic_json(path, data):
+    partial = path.with_name(path.name + ".part")
+    partial.write_text(json.dumps(data, indent=2))
+    os.replace(partial, path)
+
+
+def read_history(run_dir):
+    """Rows of ``history.csv`` as a list of dicts of floats (epoch as int); [] if absent."""
+    path = Path(run_dir) / "history.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as file:
+        rows = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(file)]
+    for row in rows:
+        row["epoch"] = int(row["epoch"])
+    return rows
+
+
+def _latest_checkpoint(run_dir):
+    """``(epoch, model)`` of the newest loadable checkpoint, or ``(0, None)``."""
+    found = []
+    for path in Path(run_dir).glob("checkpoint-epoch*.keras"):
+        try:
+            found.append((int(path.stem.removeprefix("checkpoint-epoch")), path))
+        except ValueError:
+            continue
+    for epoch, path in sorted(found, reverse=True):
+        try:
+            return epoch, load_model(path)
+        except Exception:  # a damaged checkpoint is skipped, never trusted
+            path.unlink(missing_ok=True)
+    return 0, None
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"Expected {name} to be an integer >= 1. Received: {name}={value!r}")
+    return int(value)
+
+
+def check_pair(noisy, clean, noisy_name="x_noisy", clean_name="x_clean"):
+    """Validate matching (noisy, clean) image arrays; return them as float32 (N, 28, 28, 1)."""
+    noisy = check_images(noisy, noisy_name)
+    clean = check_images(clean, clean_name)
+    if len(noisy) != len(clean):
+        raise ValueError(f"Expected {noisy_name} and {clean_name} of the same length. "
+                         f"Received: {len(noisy)} and {len(clean)} images")
+    return as_model_input(noisy), as_model_input(clean)
+
+
+def as_model_input(x):
+    """(N, 28, 28[, 1]) -> float32 (N, 28, 28, 1) without copying when already so."""
+    x = np.asarray(x, dtype=np.float32)
+    return x[..., None] if x.ndim == 3 else x
+
+
+def _dataset(arrays, batch_size, shuffle_seed=None):
+    """A batched tf.data pipeline over arrays held in memory, reshuffled each epoch."""
+    tensors = tuple(tf.constant(a) for a in arrays)
+    count = int(tensors[0].shape[0])
+    indices = tf.data.Dataset.range(count)
+    if shuffle_seed is not None:
+        indices = indices.shuffle(count, seed=shuffle_seed, reshuffle_each_iteration=True)
+    batches = indices.batch(batch_size)
+
+    def gather(index):
+        picked = tuple(tf.gather(t, index) for t in tensors)
+        return picked if len(picked) > 1 else picked[0]
+
+    return batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
+
+
+def default_steps_per_execution(batches_per_epoch):
+    """Steps run per compiled call: many, to amortise Python overhead, but at most an epoch."""
+    return max(1, min(50, batches_per_epoch))
+
+
+def train_model(model, x_train, x_val, *, run_dir, epochs=30, batch_size=100, noise_std=0.5,
+                fresh_noise=True, seed=0, learning_rate=1e-3, early_stopping_patience=None,
+                steps_per_execution=None, jit_compile=False, verbose="auto"):
+    """Train ``model`` to turn noisy images into clean ones, resumably, into ``run_dir``.
+
+    Validation uses one fixed noisy copy of ``x_val`` (seeded), so curves are
+    comparable across epochs and runs. Training noise is fresh every epoch
+    (drawn inside the compiled step) or, with ``fresh_noise=False``, one fixed
+    noisy copy as in the report.
+
+    ``run_dir`` receives ``history.csv``, ``progress.json`` and
+    ``checkpoint-epochN.keras`` after every epoch; calling again with the same
+    folder continues from the last finished epoch up to ``epochs`` in total
+    (the passed ``model`` is then replaced by the checkpoint's).
+
+    Args:
+        model: a :class:`DenoisingVAE` (from :func:`build_model`).
+        x_train, x_val: clean images (N, 28, 28[, 1]) in [0, 1].
+        epochs: total epochs, >= 1. batch_size: >= 1 (the report: 100).
+        noise_std: std of the Gaussian noise, >= 0. seed: seeds everything.
+        learning_rate: Adam's step size.
+        early_stopping_patience: ``None`` (off) or epochs without a better
+            ``val_loss`` before stopping; the best weights are then restored.
+        steps_per_execution: training steps per compiled call (default:
+            :func:`default_steps_per_execution`).
+        jit_compile: compile the steps with XLA.
+        verbose: Keras' ``fit`` verbosity.
+
+    Returns:
+        :class:`TrainingResult`.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN or infinite.
+    """
+    from data_prepro import noise_addition
+
+    epochs = _check_positive_int("epochs", epochs)
+    batch_size = _check_positive_int("batch_size", batch_size)
+    x_train = as_model_input(check_images(x_train, "x_train"))
+    x_val = as_model_input(check_images(x_val, "x_val"))
+    if early_stopping_patience is not None:
+        _check_positive_int("early_stopping_patience", early_stopping_patience)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    done, restored = _latest_checkpoint(run_dir)
+    history = [row for row in read_history(run_dir) if row["epoch"] <= done]
+    seconds_before = history[-1]["seconds"] if history else 0.0
+    if restored is not None:
+        model = restored
+    if done >= epochs:
+        return TrainingResult(model, _columns(history), done, seconds_before, resumed_from=done)
+
+    keras.utils.set_random_seed(seed + done)
+    val_noisy = noise_addition(x_val, noise_std, seed=seed + 1_000_003)
+    if fresh_noise:
+        model.train_noise_std = float(noise_std)
+        train_data = _dataset((x_train,), batch_size, shuffle_seed=seed)
+    else:
+        model.train_noise_std = 0.0
+        train_noisy = noise_addition(x_train, noise_std, seed=seed + 2_000_003)
+        train_data = _dataset((train_noisy, x_train), batch_size, shuffle_seed=seed)
+    val_data = _dataset((val_noisy, x_val), batch_size)
+    batches = math.ceil(len(x_train) / batch_size)
+    if restored is None:
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                      steps_per_execution=steps_per_execution or default_steps_per_execution(batches),
+                      jit_compile=jit_compile)
+    metadata = {"architecture": model.architecture, "epochs": epochs, "batch_size": batch_size,
+                "noise_std": noise_std, "fresh_noise": fresh_noise, "seed": seed}
+    callbacks = [_StopOnNonFiniteBatch(), _EpochCheckpoint(run_dir, history, seconds_before, metadata)]
+    early = None
+    if early_stopping_patience is not None:
+        early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=early_stopping_patience,
+                                              restore_best_weights=True)
+        callbacks.append(early)
+    model.fit(train_data, validation_data=val_data, epochs=epochs, initial_epoch=done,
+              callbacks=callbacks, verbose=verbose)
+    stopped = bool(early is not None and early.stopped_epoch > 0)
+    if stopped:
+        model.save(run_dir / "best.keras")
+    total_seconds = history[-1]["seconds"] if history else seconds_before
+    return TrainingResult(model, _columns(history), len(history), total_seconds, resumed_from=done,
+                          stopped_early=stopped)
+
+
+def _columns(rows):
+    names = [key for key in (rows[0] if rows else {}) if key not in ("epoch", "seconds")]
+    return {name: [row[name] for row in rows] for name in names}
+
+
+# --------------------------------------------------------------------------
+# Inference and evaluation
+# --------------------------------------------------------------------------
+
+def encode_mean(model, x, batch_size=1000):
+    """Encoder means (VAE) or codes (AE) of images x: float32 (N, latent_dim)."""
+    x = as_model_input(check_images(x, "x"))
+    encoded = model.encoder.predict(x, batch_size=batch_size, verbose=0)
+    return np.asarray(encoded[0] if model.variational else encoded, dtype=np.float32)
+
+
+def reconstruct(model, x, batch_size=1000):
+    """Deterministic reconstructions decoder(encoder mean): float32 (N, 28, 28, 1) in (0, 1)."""
+    z = encode_mean(model, x, batch_size)
+    return decode(model, z, batch_size)
+
+
+def decode(model, z, batch_size=1000):
+    """Decode latent points z (N, latent_dim) into float32 images (N, 28, 28, 1)."""
+    z = np.asarray(z, dtype=np.float32)
+    if z.ndim != 2 or z.shape[1] != model.latent_dim:
+        raise ValueError(f"Expected z of shape (N, {model.latent_dim}). Received: z.shape={z.shape}")
+    return np.asarray(model.decoder.predict(z, batch_size=batch_size, verbose=0), dtype=np.float32)
+
+
+def evaluate(model, x_noisy, x_clean, *, batch_size=500, seed=0, iw_samples=None):
+    """Test metrics of a model on (noisy, clean) pairs, computed in batches.
+
+    ``loss``, ``reconstruction`` and ``kl`` (nats per image) and ``accuracy``
+    are computed exactly as in training, with z sampled from q(z | noisy)
+    (seeded, so deterministic). PSNR and SSIM (against the clean image)
+    compare the noisy input and the deterministic reconstruction
+    decoder(encoder mean) that the figures show.
+
+    For VAEs, ``log_likelihood`` estimates log p(x_clean) in nats with K
+    importance samples from q(z | x_noisy) (Burda et al. 2016, eq. 8):
+    log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), with p(x|z) the Bernoulli
+    likelihood of the grey levels (the negative reconstruction loss) and
+    p(z) = N(0, I). For ``ae``, ``kl`` and ``log_likelihood`` are absent.
+
+    Args:
+        x_noisy, x_clean: (N, 28, 28[, 1]) in [0, 1], same N.
+        batch_size: images per batch (bounds memory).
+        seed: seed of the sampled z.
+        iw_samples: K; default :func:`default_iw_samples` for the model.
+
+    Returns:
+        dict of floats; ``iw_samples`` says which K was used.
+    """
+    x_noisy, x_clean = check_pair(x_noisy, x_clean)
+    batch_size = _check_positive_int("batch_size", batch_size)
+    variational = model.variational
+    if iw_samples is None:
+        iw_samples = default_iw_samples(model)
+    if variational:
+        iw_samples = _check_positive_int("iw_samples", iw_samples)
+    rng = np.random.default_rng(seed)
+    step = _evaluation_step(model, iw_samples if variational else 0)
+    sums = {}
+    for start in range(0, len(x_clean), batch_size):
+        noisy = x_noisy[start:start + batch_size]
+        clean = x_clean[start:start + batch_size]
+        epsilon = rng.standard_normal((max(iw_samples, 1) + 1 if variational else 1, len(clean),
+                                       model.latent_dim), dtype=np.float32)
+        for name, value in step(noisy, clean, epsilon).items():
+            sums[name] = sums.get(name, 0.0) + float(value)
+    count = len(x_clean)
+    results = {name: value / count for name, value in sums.items()}
+    results["loss"] = results["reconstruction"] + (model.beta * results["kl"] if variational else 0.0)
+    if variational:
+        results["iw_samples"] = iw_samples
+    else:
+        del results["kl"], results["log_likelihood"]
+    order = ("loss", "reconstruction", "kl", "accuracy", "psnr_noisy", "psnr_reconstructed",
+             "ssim_noisy", "ssim_reconstructed", "log_likelihood", "iw_samples")
+    return {name: results[name] for name in order if name in results}
+
+
+def default_iw_samples(model):
+    """K for the likelihood estimate: 100, or 20 for arch3 whose conv decoder is slow on CPU."""
+    return 20 if model.architecture == "arch3" else 100
+
+
+def _evaluation_step(model, iw_samples):
+    """A compiled function: (noisy, clean, epsilon) batch -> sums of every per-image metric.
+
+    ``epsilon[0]`` (B, D) draws the z of the loss terms; ``epsilon[1:]`` the
+    K importance samples. For ``ae``, ``kl`` and ``log_likelihood`` are 0.
+    """
+
+    @tf.function(reduce_retracing=True)
+    def step(noisy, clean, epsilon):
+        z_mean, z_log_var, _ = model.encode(noisy)
+        if model.variational:
+            sampled = model.decoder(z_mean + ops.exp(0.5 * z_log_var) * epsilon[0], training=False)
+            deterministic = model.decoder(z_mean, training=False)
+            kl = kl_divergence(z_mean, z_log_var)
+            log_likelihood = _iw_log_likelihood(model, z_mean, z_log_var, clean, epsilon[1:])
+        else:
+            sampled = deterministic = model.decoder(z_mean, training=False)
+            kl = log_likelihood = ops.zeros((ops.shape(clean)[0],))
+        per_image = {
+            "reconstruction": reconstruction_loss(clean, sampled),
+            "kl": kl,
+            "accuracy": pixel_accuracy(clean, sampled),
+            "psnr_noisy": _psnr(clean, noisy),
+            "psnr_reconstructed": _psnr(clean, deterministic),
+            "ssim_noisy": tf.image.ssim(clean, noisy, max_val=1.0),
+            "ssim_reconstructed": tf.image.ssim(clean, deterministic, max_val=1.0),
+            "log_likelihood": log_likelihood,
+        }
+        return {name: ops.sum(ops.cast(value, "float64")) for name, value in per_image.items()}
+
+    return step
+
+
+def _psnr(clean, other):
+    """PSNR per image in dB with peak 1, (B,); capped at 100 dB for equal images."""
+    mse = ops.mean(ops.square(ops.reshape(clean - other, (-1, PIXELS))), axis=1)
+    return 10.0 * ops.log(1.0 / ops.maximum(mse, 1e-10)) / math.log(10.0)
+
+
+def _iw_log_likelihood(model, z_mean, z_log_var, clean, epsilon):
+    """log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x) per image (B,), z_k = mean + std * epsilon[k].
+
+    Burda et al. 2016, eq. 8; epsilon: (K, B, D) standard normal draws.
+    """
+    samples = ops.shape(epsilon)[0]
+    batch = ops.shape(z_mean)[0]
+    z = z_mean[None] + ops.exp(0.5 * z_log_var)[None] * epsilon  # (K, B, D)
+    log_two_pi = math.log(2 * math.pi)
+    # Gaussian log densities summed over latent dimensions: (K, B).
+    log_prior = -0.5 * ops.sum(ops.square(z) + log_two_pi, axis=-1)
+    log_posterior = -0.5 * ops.sum(ops.square(epsilon) + log_two_pi + z_log_var[None], axis=-1)
+    decoded = model.decoder(ops.reshape(z, (-1, model.latent_dim)), training=False)
+    predicted = ops.clip(ops.reshape(decoded, (samples, batch, PIXELS)), 1e-7, 1 - 1e-7)
+    target = ops.reshape(clean, (1, batch, PIXELS))
+    log_likelihood = ops.sum(target * ops.log(predicted) + (1 - target) * ops.log(1 - predicted), axis=-1)
+    log_weights = log_likelihood + log_prior - log_posterior
+    return ops.logsumexp(log_weights, axis=0) - ops.log(ops.cast(samples, "float32"))
