@@ -10,23 +10,30 @@
   importance-weighted estimate of log p(x) (Burda et al. 2016).
 
 Everything here uses Keras 3 on the TensorFlow backend. Importing this module
-asks TensorFlow for oneDNN kernels (``TF_ENABLE_ONEDNN_OPTS=1``) unless the
-variable is already set, and has no other effect.
+sets, unless already set, ``TF_ENABLE_ONEDNN_OPTS=1``, ``TF_NUM_INTRAOP_THREADS=1``
+and ``TF_NUM_INTEROP_THREADS`` = CPU cores (read by TensorFlow when it starts,
+so import this module first), and has no other effect.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
 import json
+import logging
 import math
 import os
 import time
 from pathlib import Path
 
-# Must precede the first TensorFlow import to take effect; oneDNN's CPU
-# kernels speed up the conv models considerably where TF leaves them off.
+# These must precede the first TensorFlow import to take effect. oneDNN's
+# CPU kernels speed up the conv models considerably where TF leaves them off.
+# Single-threaded ops with one inter-op thread per core let the independent
+# batch shards of DenoisingVAE run side by side (benchmarks/README.md has
+# the measurements).
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+os.environ.setdefault("TF_NUM_INTEROP_THREADS", str(os.cpu_count() or 1))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -35,6 +42,7 @@ from keras import layers, ops  # noqa: E402
 
 from data_prepro import IMAGE_SIZE, check_images  # noqa: E402
 
+LOGGER = logging.getLogger("models")
 ARCHITECTURES = ("arch1", "arch2", "arch3", "ae")
 PIXELS = IMAGE_SIZE * IMAGE_SIZE
 INPUT_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
@@ -63,7 +71,7 @@ class Sampling(layers.Layer):
 
     def call(self, inputs):
         z_mean, z_log_var = inputs
-        epsilon = keras.random.normal(ops.shape(z_mean), seed=self.seed_generator)
+        epsilon = keras.random.normal(ops.shape(z_mean), dtype=z_mean.dtype, seed=self.seed_generator)
         return z_mean + ops.exp(0.5 * z_log_var) * epsilon
 
     def compute_output_shape(self, input_shape):
@@ -131,8 +139,8 @@ def reconstruction_loss(clean, predicted):
 
     Probabilities are clipped to [1e-7, 1 - 1e-7] as Keras does.
     """
-    predicted = ops.clip(ops.reshape(predicted, (-1, PIXELS)), 1e-7, 1 - 1e-7)
-    clean = ops.reshape(clean, (-1, PIXELS))
+    predicted = ops.clip(ops.cast(ops.reshape(predicted, (-1, PIXELS)), "float32"), 1e-7, 1 - 1e-7)
+    clean = ops.cast(ops.reshape(clean, (-1, PIXELS)), "float32")
     return -ops.sum(clean * ops.log(predicted) + (1 - clean) * ops.log(1 - predicted), axis=1)
 
 
@@ -141,6 +149,7 @@ def kl_divergence(z_mean, z_log_var):
 
     -1/2 * sum(1 + log var - mean^2 - var) (Kingma & Welling 2014, appendix B).
     """
+    z_mean, z_log_var = ops.cast(z_mean, "float32"), ops.cast(z_log_var, "float32")
     return -0.5 * ops.sum(1 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var), axis=1)
 
 
@@ -162,13 +171,18 @@ class DenoisingVAE(keras.Model):
     compiled step with fresh noise of std ``train_noise_std`` (then > 0), or
     ``(noisy, clean)`` pairs. Evaluation never adds noise: it expects pairs.
 
+    Each compiled step runs its batch as ``shards`` independent slices whose
+    per-image losses are concatenated before the batch mean, so the
+    gradient is the same as for the whole batch; on a CPU the slices run on
+    separate cores (see :func:`default_shards`).
+
     Args:
-        encoder: model (B, 28, 28, 1) -> [z_mean, z_log_var, z] (VAE) or [code].
+        encoder: model (B, 28, 28, 1) -> [z_mean, z_log_var, z] (VAE) or code.
         decoder: model (B, latent_dim) -> (B, 28, 28, 1) in (0, 1).
         architecture: the name it was built as (``"arch1"`` ...).
         beta: weight of the KL term, >= 0.
         train_noise_std: std of the noise drawn in each training step (0: none).
-        seed: seed of the training-noise stream.
+        seed: seed of the training-noise and sampling streams.
     """
 
     def __init__(self, encoder, decoder, architecture="", beta=1.0, train_noise_std=0.0, seed=None, **kwargs):
@@ -181,7 +195,14 @@ class DenoisingVAE(keras.Model):
         self.seed = seed
         self.variational = len(encoder.outputs) == 3  # [z_mean, z_log_var, z]; the AE has one code
         self.latent_dim = int(decoder.inputs[0].shape[-1])
+        self.shards = default_shards()
+        # Separate streams: two draws from one generator in one graph could race.
         self.noise_seed_generator = keras.random.SeedGenerator(seed)
+        self.sampling_seed_generator = keras.random.SeedGenerator(None if seed is None else seed + 1)
+        # The encoder up to (z_mean, z_log_var), sharing its layers: steps draw
+        # epsilon once per batch instead of in each shard's Sampling layer.
+        self._moments = keras.Model(encoder.inputs, encoder.outputs[:2] if self.variational else encoder.outputs,
+                                    name="encoder_moments")
         self.trackers = {name: keras.metrics.Mean(name=name) for name in METRIC_NAMES}
 
     @property
@@ -197,13 +218,32 @@ class DenoisingVAE(keras.Model):
         """Reconstruction through a sampled z (VAE) or the code (AE): (B, 28, 28, 1)."""
         return self.decoder(self.encode(inputs, training=training)[2], training=training)
 
-    def losses_per_image(self, noisy, clean, training=False):
-        """Per-image reconstruction, KL and accuracy, (B,) each."""
-        z_mean, z_log_var, z = self.encode(noisy, training=training)
+    def losses_per_image(self, noisy, clean, epsilon=None, training=False):
+        """Per-image reconstruction, KL and accuracy, (B,) each.
+
+        ``epsilon`` (B, D) are the standard normal draws of z = mean + std * epsilon;
+        ``None`` lets the encoder's Sampling layer draw them.
+        """
+        if epsilon is None:
+            z_mean, z_log_var, z = self.encode(noisy, training=training)
+        elif self.variational:
+            z_mean, z_log_var = self._moments(noisy, training=training)
+            z = z_mean + ops.exp(0.5 * z_log_var) * ops.cast(epsilon, z_mean.dtype)
+        else:
+            z_mean = z = self._moments(noisy, training=training)
         predicted = self.decoder(z, training=training)
         reconstruction = reconstruction_loss(clean, predicted)
         kl = kl_divergence(z_mean, z_log_var) if self.variational else ops.zeros_like(reconstruction)
         return reconstruction, kl, pixel_accuracy(clean, predicted)
+
+    def _sharded_losses(self, noisy, clean, training):
+        """:meth:`losses_per_image` over ``self.shards`` slices of the batch, concatenated."""
+        epsilon = keras.random.normal((ops.shape(noisy)[0], self.latent_dim), seed=self.sampling_seed_generator)
+        size = ops.shape(noisy)[0]
+        bounds = [size * index // self.shards for index in range(self.shards + 1)]
+        parts = [self.losses_per_image(noisy[low:high], clean[low:high], epsilon[low:high], training=training)
+                 for low, high in zip(bounds[:-1], bounds[1:])]
+        return [ops.concatenate(values, axis=0) for values in zip(*parts)]
 
     def _update(self, reconstruction, kl, accuracy):
         loss = ops.mean(reconstruction) + self.beta * ops.mean(kl)
@@ -212,9 +252,10 @@ class DenoisingVAE(keras.Model):
         return loss
 
     def _pair(self, data, training):
-        if isinstance(data, (tuple, list)):
-            return (data[0], data[1]) if len(data) > 1 else (data[0], data[0])
-        clean = data
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        if y is not None:
+            return x, y
+        clean = x
         if training and self.train_noise_std > 0:
             noise = keras.random.normal(ops.shape(clean), stddev=self.train_noise_std,
                                         seed=self.noise_seed_generator)
@@ -224,7 +265,7 @@ class DenoisingVAE(keras.Model):
     def train_step(self, data):
         noisy, clean = self._pair(data, training=True)
         with tf.GradientTape() as tape:
-            reconstruction, kl, accuracy = self.losses_per_image(noisy, clean, training=True)
+            reconstruction, kl, accuracy = self._sharded_losses(noisy, clean, training=True)
             loss = ops.mean(reconstruction) + self.beta * ops.mean(kl)
         gradients = tape.gradient(loss, self.trainable_weights)
         self.optimizer.apply(gradients, self.trainable_weights)
@@ -233,7 +274,7 @@ class DenoisingVAE(keras.Model):
 
     def test_step(self, data):
         noisy, clean = self._pair(data, training=False)
-        self._update(*self.losses_per_image(noisy, clean))
+        self._update(*self._sharded_losses(noisy, clean, training=False))
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
     def get_config(self):
@@ -251,7 +292,43 @@ class DenoisingVAE(keras.Model):
         return cls(**config)
 
 
-def build_model(name, latent_dim=2, *, beta=1.0, seed=None):
+def default_shards():
+    """Slices per batch: one per CPU core (at most 4) on a CPU, 1 where a GPU is visible.
+
+    Batch-100 steps of these small models are made of ops too small to keep
+    several cores busy each; independent slices on single-threaded ops do
+    (see ``TF_NUM_INTRAOP_THREADS`` at the top of this module).
+    """
+    if tf.config.list_physical_devices("GPU"):
+        return 1
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+PRECISIONS = ("auto", "float32", "mixed_bfloat16")
+
+
+def resolve_precision(precision="auto"):
+    """``"auto"`` -> ``"mixed_bfloat16"`` on a CPU with native bfloat16 arithmetic
+    (AVX512-BF16 or AMX) and no GPU, else ``"float32"``; other values unchanged.
+
+    Mixed bfloat16 computes layers in bfloat16 and keeps weights, losses and
+    optimizer state in float32 (Kalamkar et al. 2019); the benchmark checks
+    that the loss after the same epochs matches float32 within run-to-run noise.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"Expected precision to be one of {PRECISIONS}. Received: precision={precision!r}")
+    if precision != "auto":
+        return precision
+    if tf.config.list_physical_devices("GPU"):
+        return "float32"
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return "float32"
+    return "mixed_bfloat16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "float32"
+
+
+def build_model(name, latent_dim=2, *, beta=1.0, seed=None, precision="float32"):
     """Build one of the study's models, uncompiled.
 
     Args:
@@ -261,6 +338,8 @@ def build_model(name, latent_dim=2, *, beta=1.0, seed=None):
         seed: seeds the initial weights (through ``keras.utils.set_random_seed``,
             which also seeds Python, NumPy and TensorFlow) and the sampling
             layer's stream; ``None`` leaves them unseeded.
+        precision: ``"float32"``, ``"mixed_bfloat16"`` or ``"auto"`` (see
+            :func:`resolve_precision`); weights are float32 either way.
 
     Returns:
         :class:`DenoisingVAE` with ``.encoder`` and ``.decoder``; call it on
@@ -271,13 +350,33 @@ def build_model(name, latent_dim=2, *, beta=1.0, seed=None):
     if isinstance(latent_dim, bool) or not isinstance(latent_dim, (int, np.integer)) or latent_dim < 1:
         raise ValueError(f"Expected latent_dim to be an integer >= 1. Received: latent_dim={latent_dim!r}")
     _check_beta(beta)
+    policy = resolve_precision(precision)
     if seed is not None:
         keras.utils.set_random_seed(seed)
-    encoder = _encoder(name, int(latent_dim), seed)
-    decoder = _decoder(name, int(latent_dim))
-    model = DenoisingVAE(encoder, decoder, architecture=name, beta=beta, seed=seed, name=name)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)  # layers take the policy current when they are made
+    try:
+        encoder = _encoder(name, int(latent_dim), seed)
+        decoder = _decoder(name, int(latent_dim))
+        model = DenoisingVAE(encoder, decoder, architecture=name, beta=beta, seed=seed, name=name)
+    finally:
+        keras.config.set_dtype_policy(previous)
     model.build((None, *INPUT_SHAPE))
     return model
+
+
+def precision_of(model):
+    """The model's dtype policy name, e.g. ``"float32"`` or ``"mixed_bfloat16"``."""
+    return model.decoder.layers[-1].dtype_policy.name
+
+
+def as_float32(model):
+    """``model`` itself if it computes in float32, else a float32 copy with the same weights."""
+    if precision_of(model) == "float32":
+        return model
+    twin = build_model(model.architecture, model.latent_dim, beta=model.beta, precision="float32")
+    twin.set_weights(model.get_weights())
+    return twin
 
 
 def _check_beta(beta):
@@ -419,7 +518,8 @@ def _latest_checkpoint(run_dir):
     for epoch, path in sorted(found, reverse=True):
         try:
             return epoch, load_model(path)
-        except Exception:  # a damaged checkpoint is skipped, never trusted
+        except Exception as error:  # a damaged checkpoint is skipped, never trusted
+            LOGGER.warning("checkpoint %s is unreadable (%s); removing it", path, str(error).splitlines()[0:1])
             path.unlink(missing_ok=True)
     return 0, None
 
@@ -469,7 +569,7 @@ def default_steps_per_execution(batches_per_epoch):
 
 def train_model(model, x_train, x_val, *, run_dir, epochs=30, batch_size=100, noise_std=0.5,
                 fresh_noise=True, seed=0, learning_rate=1e-3, early_stopping_patience=None,
-                steps_per_execution=None, jit_compile=False, verbose="auto"):
+                steps_per_execution=None, jit_compile=False, callbacks=(), verbose="auto"):
     """Train ``model`` to turn noisy images into clean ones, resumably, into ``run_dir``.
 
     Validation uses one fixed noisy copy of ``x_val`` (seeded), so curves are
@@ -492,7 +592,8 @@ def train_model(model, x_train, x_val, *, run_dir, epochs=30, batch_size=100, no
             ``val_loss`` before stopping; the best weights are then restored.
         steps_per_execution: training steps per compiled call (default:
             :func:`default_steps_per_execution`).
-        jit_compile: compile the steps with XLA.
+        jit_compile: compile the steps with XLA (slower on CPU; see benchmarks).
+        callbacks: extra Keras callbacks for ``fit``.
         verbose: Keras' ``fit`` verbosity.
 
     Returns:
@@ -512,6 +613,10 @@ def train_model(model, x_train, x_val, *, run_dir, epochs=30, batch_size=100, no
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
+    metadata = {"architecture": model.architecture, "latent_dim": model.latent_dim, "beta": model.beta,
+                "batch_size": batch_size, "noise_std": float(noise_std), "fresh_noise": bool(fresh_noise),
+                "seed": seed, "learning_rate": float(learning_rate)}
+    _check_same_run(run_dir, metadata)
     done, restored = _latest_checkpoint(run_dir)
     history = [row for row in read_history(run_dir) if row["epoch"] <= done]
     seconds_before = history[-1]["seconds"] if history else 0.0
@@ -535,22 +640,37 @@ def train_model(model, x_train, x_val, *, run_dir, epochs=30, batch_size=100, no
         model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                       steps_per_execution=steps_per_execution or default_steps_per_execution(batches),
                       jit_compile=jit_compile)
-    metadata = {"architecture": model.architecture, "epochs": epochs, "batch_size": batch_size,
-                "noise_std": noise_std, "fresh_noise": fresh_noise, "seed": seed}
-    callbacks = [_StopOnNonFiniteBatch(), _EpochCheckpoint(run_dir, history, seconds_before, metadata)]
+    callbacks = [_StopOnNonFiniteBatch(), _EpochCheckpoint(run_dir, history, seconds_before, metadata),
+                 *callbacks]
     early = None
     if early_stopping_patience is not None:
         early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=early_stopping_patience,
                                               restore_best_weights=True)
         callbacks.append(early)
     model.fit(train_data, validation_data=val_data, epochs=epochs, initial_epoch=done,
-              callbacks=callbacks, verbose=verbose)
+              callbacks=callbacks, shuffle=False, verbose=verbose)
     stopped = bool(early is not None and early.stopped_epoch > 0)
     if stopped:
         model.save(run_dir / "best.keras")
     total_seconds = history[-1]["seconds"] if history else seconds_before
     return TrainingResult(model, _columns(history), len(history), total_seconds, resumed_from=done,
                           stopped_early=stopped)
+
+
+def _check_same_run(run_dir, metadata):
+    """Refuse to resume a run folder that was started with other settings."""
+    path = Path(run_dir) / "progress.json"
+    if not path.is_file():
+        return
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # unreadable progress: the checkpoints decide
+    differing = [key for key, value in metadata.items() if key in stored and stored[key] != value]
+    if differing:
+        key = differing[0]
+        raise ValueError(f"run_dir {str(run_dir)!r} holds a run with {key}={stored[key]!r}, "
+                         f"not {metadata[key]!r}: use another run_dir or the same settings")
 
 
 def _columns(rows):
@@ -592,6 +712,8 @@ def evaluate(model, x_noisy, x_clean, *, batch_size=500, seed=0, iw_samples=None
     compare the noisy input and the deterministic reconstruction
     decoder(encoder mean) that the figures show.
 
+    Computed in float32 even for a model trained in mixed precision.
+
     For VAEs, ``log_likelihood`` estimates log p(x_clean) in nats with K
     importance samples from q(z | x_noisy) (Burda et al. 2016, eq. 8):
     log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), with p(x|z) the Bernoulli
@@ -609,6 +731,7 @@ def evaluate(model, x_noisy, x_clean, *, batch_size=500, seed=0, iw_samples=None
     """
     x_noisy, x_clean = check_pair(x_noisy, x_clean)
     batch_size = _check_positive_int("batch_size", batch_size)
+    model = as_float32(model)  # metrics in full precision whatever the training precision
     variational = model.variational
     if iw_samples is None:
         iw_samples = default_iw_samples(model)
