@@ -1,0 +1,383 @@
+"""The whole study: data, the four models, test metrics, figures and a report.
+
+    python assignment_5.py                 # the default study (about 10 min on 2 cores)
+    python assignment_5.py --quick         # everything on a small subset in about a minute
+    python assignment_5.py --help          # every flag with its default
+
+Everything goes under ``--out``. Each model's results are written as soon as
+it finishes; running the same command again skips finished models and
+resumes an interrupted one from its last finished epoch.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import data_prepro
+
+ARCHITECTURES = ("arch1", "arch2", "arch3", "ae")
+ROBUSTNESS_STDS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
+QUICK = {"train_size": 2600, "test_size": 520, "epochs": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+    """Every setting that shapes the results; saved as config.json in the run folder."""
+
+    data: str = "auto"              # auto, emnist, synthetic or a path to NIST's gzip.zip
+    models: tuple = ARCHITECTURES   # which of arch1, arch2, arch3, ae to train
+    epochs: int = 20                # epochs per model
+    batch_size: int = 100           # images per step, as in the report
+    latent_dim: int = 2             # size of the latent space, as in the report
+    noise_std: float = 0.5          # std of the Gaussian noise added to the inputs
+    beta: float = 1.0               # weight of the KL term
+    learning_rate: float = 1e-3     # Adam's step size
+    train_size: int | None = None   # None: all 62,400 training images
+    test_size: int | None = None    # None: all 10,400 test images
+    seed: int = 0                   # seeds data subsets, noise, initial weights
+    precision: str = "auto"         # auto, float32 or mixed_bfloat16 (training only)
+    quick: bool = False
+
+
+class UsageError(Exception):
+    """A problem the user can fix: printed as one line, exit status 2."""
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        description="Denoising VAEs on handwritten capital letters: train, evaluate, plot, report.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    defaults = StudyConfig()
+    parser.add_argument("--data", default=defaults.data,
+                        help="auto (real EMNIST if present or downloadable, else synthetic), emnist, "
+                             "synthetic, or a path to NIST's gzip.zip")
+    parser.add_argument("--models", default=",".join(defaults.models),
+                        help="comma-separated subset of " + ",".join(ARCHITECTURES))
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs per model")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per step")
+    parser.add_argument("--latent-dim", type=int, default=defaults.latent_dim, help="latent dimensions")
+    parser.add_argument("--noise-std", type=float, default=defaults.noise_std, help="std of the input noise")
+    parser.add_argument("--beta", type=float, default=defaults.beta, help="weight of the KL term")
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="Adam step size")
+    parser.add_argument("--train-size", type=int, default=None, help="training images (default: all)")
+    parser.add_argument("--test-size", type=int, default=None, help="test images (default: all)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
+    parser.add_argument("--precision", default=defaults.precision,
+                        choices=("auto", "float32", "mixed_bfloat16"),
+                        help="training arithmetic; auto = mixed_bfloat16 on CPUs with native bfloat16")
+    parser.add_argument("--out", default="runs/study", help="run folder")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"small balanced subset and few epochs ({QUICK['train_size']} train, "
+                             f"{QUICK['test_size']} test images, {QUICK['epochs']} epochs) unless set explicitly")
+    args = parser.parse_args(argv)
+    return args, parser
+
+
+def config_from_args(args, parser):
+    """Validate flags and build the StudyConfig; bad values exit via parser.error (status 2)."""
+    names = tuple(name.strip() for name in args.models.split(",") if name.strip())
+    unknown = [name for name in names if name not in ARCHITECTURES]
+    if unknown or not names:
+        parser.error(f"argument --models: expected a comma-separated subset of {','.join(ARCHITECTURES)}, "
+                     f"got {args.models!r}")
+    if len(set(names)) != len(names):
+        parser.error(f"argument --models: each model once, got {args.models!r}")
+    given = {key: value for key, value in vars(args).items()}
+    if args.quick:
+        for key, value in QUICK.items():
+            if given[key] is None or given[key] == parser.get_default(key):
+                given[key] = value
+    for flag, key, low in (("--epochs", "epochs", 1), ("--batch-size", "batch_size", 1),
+                           ("--latent-dim", "latent_dim", 1), ("--train-size", "train_size", 1),
+                           ("--test-size", "test_size", 1), ("--seed", "seed", 0)):
+        value = given[key]
+        if value is not None and value < low:
+            parser.error(f"argument {flag}: expected an integer >= {low}, got {value}")
+    for flag, key in (("--noise-std", "noise_std"), ("--beta", "beta"), ("--learning-rate", "learning_rate")):
+        value = given[key]
+        if not np.isfinite(value) or value < 0 or (key == "learning_rate" and value == 0):
+            parser.error(f"argument {flag}: expected a finite number {'> 0' if key == 'learning_rate' else '>= 0'}"
+                         f", got {value}")
+    return StudyConfig(data=args.data, models=names, epochs=given["epochs"], batch_size=given["batch_size"],
+                       latent_dim=given["latent_dim"], noise_std=given["noise_std"], beta=given["beta"],
+                       learning_rate=given["learning_rate"], train_size=given["train_size"],
+                       test_size=given["test_size"], seed=given["seed"], precision=args.precision,
+                       quick=args.quick)
+
+
+# --------------------------------------------------------------------------
+# Run folder
+# --------------------------------------------------------------------------
+
+def prepare_out(out: Path, config: StudyConfig):
+    """Create or reuse the run folder; refuse one made with another configuration."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise UsageError(f"--out {out} is not a writable folder ({error.strerror or error}); "
+                         "choose another --out") from None
+    stored_path = out / "config.json"
+    current = dataclasses.asdict(config)
+    current["models"] = list(config.models)
+    if stored_path.is_file():
+        try:
+            stored = json.loads(stored_path.read_text())
+        except ValueError:
+            raise UsageError(f"--out {out} holds an unreadable config.json; choose another --out") from None
+        # Asking for fewer or more models than last time is fine: results are per model.
+        differing = [key for key in current if key != "models" and stored.get(key) != current[key]]
+        if differing:
+            key = differing[0]
+            raise UsageError(f"--out {out} holds a run made with {key}={stored.get(key)!r}, not {current[key]!r}; "
+                             "choose another --out or repeat the original flags")
+        current["models"] = list(dict.fromkeys(stored.get("models", []) + current["models"]))
+    write_json(stored_path, current)
+
+
+def write_json(path: Path, data):
+    """Write JSON atomically: a killed run never leaves half a file."""
+    partial = path.with_name(path.name + ".part")
+    partial.write_text(json.dumps(data, indent=2, default=_json_default))
+    os.replace(partial, path)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def read_json(path: Path, default):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return default
+
+
+class Progress:
+    """One status line per phase with the elapsed time since the start."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def elapsed(self):
+        return time.perf_counter() - self.start
+
+    def __call__(self, message):
+        print(f"[{self.elapsed():7.1f} s] {message}", flush=True)
+
+
+# --------------------------------------------------------------------------
+# The study
+# --------------------------------------------------------------------------
+
+def run_study(config: StudyConfig, out: Path, verbose="auto"):
+    """Run (or resume) the study into ``out``; return the results dict."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import models  # TensorFlow starts here, after the flags are checked
+    import plots
+
+    models.tf.get_logger().setLevel("ERROR")  # retracing notices of the evaluation steps
+
+    progress = Progress()
+    prepare_out(out, config)
+    loaded = data_prepro.input_read(config.data, train_size=config.train_size, test_size=config.test_size,
+                                    seed=config.seed)
+    (x_train, y_train), (x_test, y_test) = loaded
+    source = loaded.source
+    progress(f"data: {source.describe()}; {len(x_train)} train and {len(x_test)} test images")
+    x_test_noisy = data_prepro.noise_addition(x_test, config.noise_std, seed=config.seed + 7)
+
+    results_path = out / "results.json"
+    results = read_json(results_path, {})
+    data_info = {"source": source.kind, "description": source.describe(), "path": source.path,
+                 "train": len(x_train), "test": len(x_test)}
+    if results.get("data") not in (None, data_info):
+        raise UsageError(f"--out {out} holds results on other data ({results['data']['description']}); "
+                         "choose another --out")
+    results["data"] = data_info
+    results.setdefault("models", {})
+    write_json(results_path, results)
+
+    trained = {}
+    for index, name in enumerate(config.models):
+        final_path = out / f"{name}.keras"
+        if name in results["models"] and final_path.is_file():
+            trained[name] = models.load_model(final_path)
+            progress(f"{name}: already finished, loaded {final_path.name}")
+            continue
+        model = models.build_model(name, config.latent_dim, beta=config.beta, seed=config.seed + index,
+                                   precision=config.precision)
+        progress(f"{name}: training {config.epochs} epochs ({models.precision_of(model)}, "
+                 f"{models.parameter_counts(model)['total']:,} parameters)")
+        training = models.train_model(model, x_train, x_test, run_dir=out / "checkpoints" / name,
+                                      epochs=config.epochs, batch_size=config.batch_size,
+                                      noise_std=config.noise_std, seed=config.seed + index,
+                                      learning_rate=config.learning_rate, verbose=verbose)
+        model = training.model
+        if training.resumed_from:
+            progress(f"{name}: resumed after epoch {training.resumed_from}")
+        progress(f"{name}: trained in {training.train_seconds:.1f} s; evaluating")
+        test = models.evaluate(model, x_test_noisy, x_test, seed=config.seed)
+        model.save(final_path)
+        results["models"][name] = {
+            "params": models.parameter_counts(model), "precision": models.precision_of(model),
+            "epochs": training.epochs, "train_seconds": round(training.train_seconds, 2),
+            "history": training.history, "test": test}
+        write_json(results_path, results)
+        trained[name] = model
+        progress(f"{name}: test loss {test['loss']:.2f}, PSNR {test['psnr_noisy']:.2f} -> "
+                 f"{test['psnr_reconstructed']:.2f} dB")
+
+    progress("figures")
+    finished = {name: results["models"][name] for name in config.models}
+    figures = make_figures(out, config, trained, finished, x_test, y_test, x_test_noisy, models, plots)
+    results["figures"] = figures
+    results["total_seconds"] = round(results.get("total_seconds", 0.0) + progress.elapsed(), 1)
+    write_json(results_path, results)
+    (out / "report.md").write_text(render_report(config, results, figures))
+    progress(f"done: {out / 'report.md'}")
+    return results
+
+
+def make_figures(out, config, trained, finished, x_test, y_test, x_test_noisy, models, plots):
+    """Every figure as PNG under ``out``; returns ``{key: file name}``."""
+    figures = {"learning_curves": "learning_curves.png"}
+    plots.plot_learning_curves({name: finished[name]["history"] for name in trained},
+                               path=out / figures["learning_curves"])
+    chosen = plots.distinct_letter_indices(y_test, 10, seed=config.seed)
+    robustness_count = min(len(x_test), 1000)
+    robustness = {"noise_std": list(ROBUSTNESS_STDS), "noisy": []}
+    noisy_levels = [data_prepro.noise_addition(x_test[:robustness_count], float(std), seed=config.seed + 11)
+                    for std in ROBUSTNESS_STDS]
+    robustness["noisy"] = [float(np.mean(_psnr(x_test[:robustness_count], noisy))) for noisy in noisy_levels]
+    for name, model in trained.items():
+        reconstructed = models.reconstruct(model, x_test_noisy[chosen])
+        figures[f"reconstructions_{name}"] = f"reconstructions_{name}.png"
+        plots.plot_reconstructions(x_test[chosen], x_test_noisy[chosen], reconstructed, y_test[chosen],
+                                   title=name, path=out / figures[f"reconstructions_{name}"])
+        if model.variational:
+            figures[f"latent_sweep_{name}"] = f"latent_sweep_{name}.png"
+            plots.plot_latent_sweep(lambda z, m=model: models.decode(m, z), model.latent_dim, n=15,
+                                    title=f"{name}: decoded latent grid", path=out / figures[f"latent_sweep_{name}"])
+        figures[f"latent_map_{name}"] = f"latent_map_{name}.png"
+        plots.plot_latent_map(models.encode_mean(model, x_test_noisy), y_test, title=f"{name}: test set in latent space",
+                              path=out / figures[f"latent_map_{name}"])
+        robustness[name] = [float(np.mean(_psnr(x_test[:robustness_count], models.reconstruct(model, noisy))))
+                            for noisy in noisy_levels]
+    figures["comparison"] = "comparison.png"
+    plots.plot_comparison({name: finished[name]["test"] for name in trained}, robustness,
+                          path=out / figures["comparison"])
+    write_json(out / "robustness.json", robustness)
+    return figures
+
+
+def _psnr(clean, other):
+    mse = np.mean((clean.reshape(len(clean), -1) - other.reshape(len(other), -1)) ** 2, axis=1)
+    return 10 * np.log10(1 / np.maximum(mse, 1e-10))
+
+
+_TABLE = (("loss", "test loss", "{:.2f}"), ("reconstruction", "reconstruction", "{:.2f}"), ("kl", "KL", "{:.2f}"),
+          ("accuracy", "pixel accuracy", "{:.4f}"), ("psnr_noisy", "PSNR noisy (dB)", "{:.2f}"),
+          ("psnr_reconstructed", "PSNR reconstructed (dB)", "{:.2f}"), ("ssim_noisy", "SSIM noisy", "{:.3f}"),
+          ("ssim_reconstructed", "SSIM reconstructed", "{:.3f}"), ("log_likelihood", "log p(x) (nats)", "{:.2f}"))
+
+
+def metrics_table(results):
+    """The test metrics of every finished model as a Markdown table."""
+    names = list(results["models"])
+    lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for key, label, fmt in _TABLE:
+        cells = []
+        for name in names:
+            value = results["models"][name]["test"].get(key)
+            cells.append("n/a" if value is None else fmt.format(value))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("| parameters | " + " | ".join(f"{results['models'][n]['params']['total']:,}" for n in names) + " |")
+    lines.append("| epochs | " + " | ".join(str(results["models"][n]["epochs"]) for n in names) + " |")
+    lines.append("| training time (s) | " + " | ".join(f"{results['models'][n]['train_seconds']:.0f}"
+                                                        for n in names) + " |")
+    return "\n".join(lines)
+
+
+def render_report(config, results, figures):
+    """report.md: the data, a table of test metrics, every figure, the total time."""
+    data = results["data"]
+    iw = {results["models"][n]["test"].get("iw_samples") for n in results["models"]} - {None}
+    sections = [
+        "# Denoising VAEs on handwritten capital letters",
+        "",
+        f"**Data:** {data['description']}: {data['train']:,} training and {data['test']:,} test images "
+        f"(28x28, values in [0, 1]).",
+        "",
+        f"**Task:** reconstruct the clean letter from a copy with Gaussian noise of std {config.noise_std} added "
+        f"and clipped to [0, 1]. Training draws fresh noise every epoch; the test set has one fixed noisy copy.",
+        "",
+        f"**Settings:** {config.epochs} epochs, batch {config.batch_size}, latent dimensions {config.latent_dim}, "
+        f"beta {config.beta}, Adam {config.learning_rate}, seed {config.seed}, precision {config.precision}.",
+        "",
+        "## Test metrics",
+        "",
+        metrics_table(results),
+        "",
+        "Loss, reconstruction and KL are nats per image with z sampled from q(z|noisy); PSNR and SSIM compare the "
+        "clean image with the noisy input and with the deterministic reconstruction decoder(encoder mean); "
+        "pixel accuracy is the fraction of pixels on the same side of 0.5 as the clean image. "
+        f"log p(x) is an importance-weighted estimate (Burda et al. 2016) with K = {', '.join(map(str, sorted(iw))) or 'n/a'} "
+        "samples; the autoencoder has no KL or likelihood.",
+        "",
+        "## Learning curves",
+        "",
+        f"![learning curves]({figures['learning_curves']})",
+        "",
+        "## Comparison and robustness to noise",
+        "",
+        f"![comparison]({figures['comparison']})",
+        "",
+    ]
+    for name in results["models"]:
+        if f"reconstructions_{name}" not in figures:
+            continue
+        sections += [f"## {name}", "", f"![{name} reconstructions]({figures[f'reconstructions_{name}']})"]
+        if f"latent_sweep_{name}" in figures:
+            sections.append(f"![{name} latent sweep]({figures[f'latent_sweep_{name}']})")
+        sections += [f"![{name} latent map]({figures[f'latent_map_{name}']})", ""]
+    sections += [f"Total time: {results['total_seconds']:.0f} s.", ""]
+    return "\n".join(sections)
+
+
+def main(argv=None) -> int:
+    """Command-line entry point; returns the exit status."""
+    args, parser = parse_args(argv)
+    config = config_from_args(args, parser)
+    out = Path(args.out).expanduser()
+    try:
+        run_study(config, out)
+    except UsageError as error:
+        print(f"assignment_5.py: error: {error}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, ConnectionError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"assignment_5.py: error: {message}", file=sys.stderr)
+        return 2
+    except FloatingPointError as error:  # models.NonFiniteLossError: training diverged
+        print(f"assignment_5.py: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"assignment_5.py: interrupted; run the same command again to resume from {out}", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
