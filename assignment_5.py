@@ -50,8 +50,16 @@ class UsageError(Exception):
     """A problem the user can fix: printed as one line, exit status 2."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr (no usage dump), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
+        prog="assignment_5.py",
         description="Denoising VAEs on handwritten capital letters: train, evaluate, plot, report.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     defaults = StudyConfig()
@@ -66,8 +74,9 @@ def parse_args(argv):
     parser.add_argument("--noise-std", type=float, default=defaults.noise_std, help="std of the input noise")
     parser.add_argument("--beta", type=float, default=defaults.beta, help="weight of the KL term")
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="Adam step size")
-    parser.add_argument("--train-size", type=int, default=None, help="training images (default: all)")
-    parser.add_argument("--test-size", type=int, default=None, help="test images (default: all)")
+    parser.add_argument("--train-size", type=int, default=None,
+                        help="training images, balanced over letters (None: all)")
+    parser.add_argument("--test-size", type=int, default=None, help="test images, balanced over letters (None: all)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
     parser.add_argument("--precision", default=defaults.precision,
                         choices=("auto", "float32", "mixed_bfloat16"),
@@ -183,16 +192,15 @@ class Progress:
 
 def run_study(config: StudyConfig, out: Path, verbose="auto"):
     """Run (or resume) the study into ``out``; return the results dict."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import models  # TensorFlow starts here, after the flags are checked
-    import plots
-
-    models.tf.get_logger().setLevel("ERROR")  # retracing notices of the evaluation steps
-
     progress = Progress()
     prepare_out(out, config)
     loaded = data_prepro.input_read(config.data, train_size=config.train_size, test_size=config.test_size,
                                     seed=config.seed)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import models  # TensorFlow starts here, once the flags, folder and data are known to be good
+    import plots
+
+    models.tf.get_logger().setLevel("ERROR")  # retracing notices of the evaluation steps
     (x_train, y_train), (x_test, y_test) = loaded
     source = loaded.source
     progress(f"data: {source.describe()}; {len(x_train)} train and {len(x_test)} test images")
@@ -260,7 +268,8 @@ def make_figures(out, config, trained, finished, x_test, y_test, x_test_noisy, m
     robustness = {"noise_std": list(ROBUSTNESS_STDS), "noisy": []}
     noisy_levels = [data_prepro.noise_addition(x_test[:robustness_count], float(std), seed=config.seed + 11)
                     for std in ROBUSTNESS_STDS]
-    robustness["noisy"] = [float(np.mean(_psnr(x_test[:robustness_count], noisy))) for noisy in noisy_levels]
+    clean = x_test[:robustness_count]
+    robustness["noisy"] = [float(np.mean(models.psnr(clean, noisy))) for noisy in noisy_levels]
     for name, model in trained.items():
         reconstructed = models.reconstruct(model, x_test_noisy[chosen])
         figures[f"reconstructions_{name}"] = f"reconstructions_{name}.png"
@@ -271,20 +280,16 @@ def make_figures(out, config, trained, finished, x_test, y_test, x_test_noisy, m
             plots.plot_latent_sweep(lambda z, m=model: models.decode(m, z), model.latent_dim, n=15,
                                     title=f"{name}: decoded latent grid", path=out / figures[f"latent_sweep_{name}"])
         figures[f"latent_map_{name}"] = f"latent_map_{name}.png"
-        plots.plot_latent_map(models.encode_mean(model, x_test_noisy), y_test, title=f"{name}: test set in latent space",
+        plots.plot_latent_map(models.encode_mean(model, x_test_noisy), y_test,
+                              title=f"{name}: test set in latent space",
                               path=out / figures[f"latent_map_{name}"])
-        robustness[name] = [float(np.mean(_psnr(x_test[:robustness_count], models.reconstruct(model, noisy))))
+        robustness[name] = [float(np.mean(models.psnr(clean, models.reconstruct(model, noisy))))
                             for noisy in noisy_levels]
     figures["comparison"] = "comparison.png"
     plots.plot_comparison({name: finished[name]["test"] for name in trained}, robustness,
                           path=out / figures["comparison"])
     write_json(out / "robustness.json", robustness)
     return figures
-
-
-def _psnr(clean, other):
-    mse = np.mean((clean.reshape(len(clean), -1) - other.reshape(len(other), -1)) ** 2, axis=1)
-    return 10 * np.log10(1 / np.maximum(mse, 1e-10))
 
 
 _TABLE = (("loss", "test loss", "{:.2f}"), ("reconstruction", "reconstruction", "{:.2f}"), ("kl", "KL", "{:.2f}"),
@@ -333,7 +338,8 @@ def render_report(config, results, figures):
         "Loss, reconstruction and KL are nats per image with z sampled from q(z|noisy); PSNR and SSIM compare the "
         "clean image with the noisy input and with the deterministic reconstruction decoder(encoder mean); "
         "pixel accuracy is the fraction of pixels on the same side of 0.5 as the clean image. "
-        f"log p(x) is an importance-weighted estimate (Burda et al. 2016) with K = {', '.join(map(str, sorted(iw))) or 'n/a'} "
+        "log p(x) is an importance-weighted estimate (Burda et al. 2016) with "
+        f"K = {', '.join(map(str, sorted(iw))) or 'n/a'} "
         "samples; the autoencoder has no KL or likelihood.",
         "",
         "## Learning curves",

@@ -140,8 +140,9 @@ def input_read(source="auto", *, train_size=None, test_size=None, seed=0, cache_
         try:
             archive = download_emnist(cache_dir / "emnist.zip", probe_timeout=AUTO_PROBE_TIMEOUT)
         except OSError as error:
-            note = f"real EMNIST unavailable ({_first_line(error)}); {GET_REAL_DATA_HINT}"
-            warnings.warn(f"Using SYNTHETIC letters, not EMNIST: {note}", stacklevel=2)
+            note = "real EMNIST unavailable: no archive on disk and no download"
+            warnings.warn(f"Using SYNTHETIC letters, not EMNIST: {note} ({_first_line(error)}); "
+                          f"{GET_REAL_DATA_HINT}", stacklevel=2)
             return _load_synthetic(train_size, test_size, seed, cache_dir, note=note)
     return _load_emnist(archive, train_size, test_size, seed, cache_dir, note="")
 

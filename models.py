@@ -236,13 +236,31 @@ class DenoisingVAE(keras.Model):
         kl = kl_divergence(z_mean, z_log_var) if self.variational else ops.zeros_like(reconstruction)
         return reconstruction, kl, pixel_accuracy(clean, predicted)
 
-    def _sharded_losses(self, noisy, clean, training):
-        """:meth:`losses_per_image` over ``self.shards`` slices of the batch, concatenated."""
-        epsilon = keras.random.normal((ops.shape(noisy)[0], self.latent_dim), seed=self.sampling_seed_generator)
-        size = ops.shape(noisy)[0]
+    def _sharded_losses(self, noisy, clean, training, add_noise=False):
+        """:meth:`losses_per_image` over ``self.shards`` slices of the batch, concatenated.
+
+        Random draws are made per slice from stateless seeds taken once per
+        step, so the slices' draws run in parallel too and never race for a
+        generator. With ``add_noise``, ``noisy`` is ignored and each slice of
+        ``clean`` gets fresh Gaussian noise of std ``train_noise_std``, clipped
+        to [0, 1].
+        """
+        size = ops.shape(clean)[0]
         bounds = [size * index // self.shards for index in range(self.shards + 1)]
-        parts = [self.losses_per_image(noisy[low:high], clean[low:high], epsilon[low:high], training=training)
-                 for low, high in zip(bounds[:-1], bounds[1:])]
+        sampling_seed = tf.cast(self.sampling_seed_generator.next(), tf.int64)
+        noise_seed = tf.cast(self.noise_seed_generator.next(), tf.int64) if add_noise else None
+        parts = []
+        for index, (low, high) in enumerate(zip(bounds[:-1], bounds[1:])):
+            offset = tf.constant([0, index], dtype=sampling_seed.dtype)
+            shard_clean = clean[low:high]
+            if add_noise:
+                noise = tf.random.stateless_normal(tf.shape(shard_clean), seed=noise_seed + offset,
+                                                   dtype=shard_clean.dtype)
+                shard_noisy = ops.clip(shard_clean + self.train_noise_std * noise, 0.0, 1.0)
+            else:
+                shard_noisy = noisy[low:high]
+            epsilon = tf.random.stateless_normal((high - low, self.latent_dim), seed=sampling_seed + offset)
+            parts.append(self.losses_per_image(shard_noisy, shard_clean, epsilon, training=training))
         return [ops.concatenate(values, axis=0) for values in zip(*parts)]
 
     def _update(self, reconstruction, kl, accuracy):
@@ -251,21 +269,17 @@ class DenoisingVAE(keras.Model):
             self.trackers[name].update_state(value)
         return loss
 
-    def _pair(self, data, training):
+    def _pair(self, data):
+        """``(noisy, clean)`` from a batch of pairs, or ``(None, clean)`` from clean images alone."""
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-        if y is not None:
-            return x, y
-        clean = x
-        if training and self.train_noise_std > 0:
-            noise = keras.random.normal(ops.shape(clean), stddev=self.train_noise_std,
-                                        seed=self.noise_seed_generator)
-            return ops.clip(clean + noise, 0.0, 1.0), clean
-        return clean, clean
+        return (x, y) if y is not None else (None, x)
 
     def train_step(self, data):
-        noisy, clean = self._pair(data, training=True)
+        noisy, clean = self._pair(data)
+        add_noise = noisy is None and self.train_noise_std > 0
         with tf.GradientTape() as tape:
-            reconstruction, kl, accuracy = self._sharded_losses(noisy, clean, training=True)
+            reconstruction, kl, accuracy = self._sharded_losses(clean if noisy is None else noisy, clean,
+                                                                training=True, add_noise=add_noise)
             loss = ops.mean(reconstruction) + self.beta * ops.mean(kl)
         gradients = tape.gradient(loss, self.trainable_weights)
         self.optimizer.apply(gradients, self.trainable_weights)
@@ -273,8 +287,8 @@ class DenoisingVAE(keras.Model):
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
     def test_step(self, data):
-        noisy, clean = self._pair(data, training=False)
-        self._update(*self._sharded_losses(noisy, clean, training=False))
+        noisy, clean = self._pair(data)
+        self._update(*self._sharded_losses(clean if noisy is None else noisy, clean, training=False))
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
     def get_config(self):
@@ -797,8 +811,18 @@ def _evaluation_step(model, iw_samples):
     return step
 
 
+def psnr(clean, other):
+    """Peak signal-to-noise ratio per image in dB (peak 1) of numpy arrays (N, ...) -> (N,).
+
+    10 log10(1 / MSE), capped at 100 dB (MSE floored at 1e-10) for equal images.
+    """
+    clean = np.asarray(clean, np.float64).reshape(len(clean), -1)
+    other = np.asarray(other, np.float64).reshape(len(other), -1)
+    return 10 * np.log10(1 / np.maximum(np.mean((clean - other) ** 2, axis=1), 1e-10))
+
+
 def _psnr(clean, other):
-    """PSNR per image in dB with peak 1, (B,); capped at 100 dB for equal images."""
+    """:func:`psnr` inside a compiled step: (B, 28, 28, 1) tensors -> (B,)."""
     mse = ops.mean(ops.square(ops.reshape(clean - other, (-1, PIXELS))), axis=1)
     return 10.0 * ops.log(1.0 / ops.maximum(mse, 1e-10)) / math.log(10.0)
 

@@ -263,3 +263,31 @@ def plot_comparison(test_metrics, robustness=None, path=None):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     return _finish(figure, path)
+
+
+def plot_letter_grid(images, labels, per_letter=4, title=None, path=None):
+    """A sample of a data set: ``per_letter`` images of every letter, one column per letter.
+
+    Args:
+        images: (N, 28, 28[, 1]) in [0, 1]. labels: (N,) letter indices 0-25.
+
+    Returns:
+        Figure with a single mosaic image (per_letter rows x 26 columns).
+    """
+    images = np.asarray(images).reshape(len(images), 28, 28)
+    labels = np.asarray(labels)
+    present = [letter for letter in range(len(LETTERS)) if np.count_nonzero(labels == letter) >= per_letter]
+    if not present:
+        raise ValueError(f"Expected at least {per_letter} images of some letter. Received: {len(images)} images")
+    mosaic = np.zeros((per_letter * 28, len(present) * 28), np.float32)
+    for column, letter in enumerate(present):
+        for row, index in enumerate(np.flatnonzero(labels == letter)[:per_letter]):
+            mosaic[row * 28:(row + 1) * 28, column * 28:(column + 1) * 28] = images[index]
+    figure = Figure(figsize=(0.5 * len(present) + 0.5, 0.5 * per_letter + 0.6), layout="constrained")
+    axis = figure.subplots()
+    axis.imshow(mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    axis.set_xticks(np.arange(len(present)) * 28 + 13.5, [LETTERS[letter] for letter in present], fontsize=8)
+    axis.set_yticks([])
+    if title:
+        axis.set_title(title, fontsize=10)
+    return _finish(figure, path)

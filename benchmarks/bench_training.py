@@ -1,0 +1,158 @@
+"""Training throughput and data-load times, side by side with the plain Keras and PyTorch anchors.
+
+    python benchmarks/bench_training.py [--repeats 2] [--anchors ../shared/bench] [--n 62400]
+
+Prints one JSON object. Per architecture: seconds per epoch of 62,400 images at
+batch 100 and samples per second (warm-up epoch excluded, best of the
+repeats), for the package's training path and, when the anchor scripts are
+found (and PyTorch is installed for the torch one), for the anchors, run
+alternately in the same session; the ratios; and the training loss after
+the same number of epochs on the same data (the anchors' random binary
+images), to show that the speed does not come from doing less work. Then the
+data-load times: the full synthetic set and a full-size NIST-layout archive,
+cold (nothing prepared) and warm (prepared cache).
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DEFAULT_ANCHORS = REPO.parent / "shared" / "bench"
+
+
+def ours(arch, n, epochs):
+    """Seconds per epoch (best after the warm-up) and final loss of the package's training path."""
+    code = f"""
+import json, sys, time
+sys.path.insert(0, {str(REPO)!r})
+import numpy as np, models, keras
+rng = np.random.default_rng(0)
+x = (rng.random(({n}, 28, 28, 1)) > 0.8).astype("float32")   # the anchors' data
+model = models.build_model("arch{arch}", seed=0, precision="auto")
+model.train_noise_std = 0.5                                   # fresh noise inside the step
+model.compile(optimizer=keras.optimizers.Adam(1e-3),
+              steps_per_execution=models.default_steps_per_execution({n} // 100))
+data = models._dataset((x,), 100, shuffle_seed=0)
+times = []
+class Timer(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None): self.start = time.perf_counter()
+    def on_epoch_end(self, epoch, logs=None): times.append(time.perf_counter() - self.start)
+history = model.fit(data, epochs={epochs}, verbose=0, shuffle=False, callbacks=[Timer()])
+print(json.dumps({{"seconds_per_epoch": sum(times[1:]) / len(times[1:]), "epochs": times, "shards": model.shards,
+                  "precision": models.precision_of(model), "final_loss": history.history["loss"][-1]}}))
+"""
+    return _json_from([sys.executable, "-c", code])
+
+
+def anchor(script, arch, n, epochs):
+    return _json_from([sys.executable, str(script), "--arch", str(arch), "--epochs", str(epochs), "--n", str(n)])
+
+
+def _json_from(command):
+    out = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode != 0 or not lines:
+        return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(lines[-1])
+
+
+def torch_available():
+    return subprocess.run([sys.executable, "-c", "import torch"], capture_output=True).returncode == 0
+
+
+def load_times():
+    """Cold and warm load times of the full synthetic set and of a full-size EMNIST-layout archive."""
+    import numpy as np
+
+    import data_prepro
+
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        cache = Path(folder) / "cache"
+        for state in ("cold", "warm"):
+            start = time.perf_counter()
+            data_prepro.input_read("synthetic", cache_dir=cache)
+            results[f"synthetic_full_{state}_s"] = round(time.perf_counter() - start, 3)
+        # NIST's balanced split has 112,800 train and 18,800 test images over 47 labels.
+        archive = Path(folder) / "gzip.zip"
+        rng = np.random.default_rng(0)
+        with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zipped:
+            for usage, count in (("train", 112_800), ("test", 18_800)):
+                labels = np.repeat(np.arange(47, dtype=np.uint8), count // 47)
+                images = data_prepro.synthetic_letters(labels % 26, (9, count))
+                header = bytes([0, 0, 8, 3]) + b"".join(int(d).to_bytes(4, "big") for d in images.shape)
+                zipped.writestr(f"gzip/emnist-balanced-{usage}-images-idx3-ubyte.gz",
+                                gzip.compress(header + images.tobytes(), compresslevel=6))
+                header = bytes([0, 0, 8, 1]) + len(labels).to_bytes(4, "big")
+                zipped.writestr(f"gzip/emnist-balanced-{usage}-labels-idx1-ubyte.gz",
+                                gzip.compress(header + labels.tobytes()))
+        shutil.rmtree(cache / "prepared", ignore_errors=True)
+        for state in ("cold", "warm"):
+            start = time.perf_counter()
+            (x, _), (xt, _) = data_prepro.input_read(archive, cache_dir=cache)
+            results[f"emnist_layout_full_{state}_s"] = round(time.perf_counter() - start, 3)
+        results["emnist_layout_full_images"] = [len(x), len(xt)]
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=2, help="alternating rounds per architecture")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per measurement (the first is warm-up)")
+    parser.add_argument("--n", type=int, default=62_400, help="training images per epoch")
+    parser.add_argument("--archs", default="1,2,3")
+    parser.add_argument("--anchors", default=str(DEFAULT_ANCHORS), help="folder of keras_anchor.py, torch_anchor.py")
+    parser.add_argument("--skip-load", action="store_true", help="skip the data-load measurements")
+    args = parser.parse_args(argv)
+    anchors = Path(args.anchors)
+    runners = {"ours": lambda a: ours(a, args.n, args.epochs)}
+    if (anchors / "keras_anchor.py").is_file():
+        runners["keras"] = lambda a: anchor(anchors / "keras_anchor.py", a, args.n, args.epochs)
+    if (anchors / "torch_anchor.py").is_file() and torch_available():
+        runners["torch"] = lambda a: anchor(anchors / "torch_anchor.py", a, args.n, args.epochs)
+    report = {"n": args.n, "batch_size": 100, "repeats": args.repeats, "cpu_count": os.cpu_count(),
+              "architectures": {}}
+    for arch in (int(a) for a in args.archs.split(",")):
+        runs = {name: [] for name in runners}
+        for _ in range(args.repeats):
+            for name, run in runners.items():  # alternate, so slow spells hit every runner alike
+                runs[name].append(run(arch))
+        entry = {}
+        for name, results in runs.items():
+            good = [r for r in results if "seconds_per_epoch" in r]
+            if not good:
+                entry[name] = {"error": results[-1].get("error")}
+                continue
+            best = min(good, key=lambda r: r["seconds_per_epoch"])
+            entry[name] = {"seconds_per_epoch": round(best["seconds_per_epoch"], 3),
+                           "samples_per_second": round(args.n / best["seconds_per_epoch"], 1),
+                           "all_seconds_per_epoch": [round(r["seconds_per_epoch"], 3) for r in good],
+                           "final_loss": round(float(best["final_loss"]), 3)}
+            for key in ("precision", "shards"):
+                if key in best:
+                    entry[name][key] = best[key]
+        for name in ("keras", "torch"):
+            if "seconds_per_epoch" in entry.get(name, {}) and "seconds_per_epoch" in entry["ours"]:
+                speedup = entry[name]["seconds_per_epoch"] / entry["ours"]["seconds_per_epoch"]
+                entry[f"speedup_vs_{name}"] = round(speedup, 2)
+                entry[f"loss_difference_vs_{name}"] = round(entry["ours"]["final_loss"] - entry[name]["final_loss"], 3)
+        report["architectures"][f"arch{arch}"] = entry
+        print(json.dumps({f"arch{arch}": entry}), file=sys.stderr, flush=True)
+    if not args.skip_load:
+        report["data_load"] = load_times()
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

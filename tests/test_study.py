@@ -1,0 +1,269 @@
+"""plots.py and assignment_5.py: figures, the whole study, resume, errors, the README snippet."""
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+import assignment_5
+import data_prepro
+import plots
+from conftest import REPO
+
+SMALL = ["--data", "synthetic", "--train-size", "260", "--test-size", "52", "--epochs", "1"]
+
+
+# ---------------------------------------------------------------- plots
+
+def images_in(figure):
+    return sum(len(axis.images) for axis in figure.axes)
+
+
+def test_learning_curves_axes(tmp_path):
+    history = {key: [3.0, 2.0, 1.0] for key in ("loss", "val_loss", "accuracy", "val_accuracy",
+                                                "reconstruction", "val_reconstruction", "kl", "val_kl")}
+    ae_history = {**history, "kl": [0.0] * 3, "val_kl": [0.0] * 3}
+    figure = plots.plot_learning_curves({"arch1": history, "ae": ae_history}, path=tmp_path / "c.png")
+    assert isinstance(figure, Figure) and len(figure.axes) == 6
+    assert (tmp_path / "c.png").stat().st_size > 0
+    assert len(figure.axes[2].lines) == 4 and len(figure.axes[5].lines) == 2  # no KL for the AE
+    with pytest.raises(ValueError, match="Expected histories of at least one model"):
+        plots.plot_learning_curves({})
+
+
+def test_reconstructions_grid():
+    x = np.random.default_rng(0).random((4, 28, 28, 1)).astype(np.float32)
+    figure = plots.plot_reconstructions(x, x, x, labels=[0, 1, 2, 25], title="arch1")
+    assert len(figure.axes) == 12 and images_in(figure) == 12
+    assert figure.axes[9].get_ylabel() == "Z"
+    with pytest.raises(ValueError, match=r"same number \(>= 1\) of images. Received: 4, 4 and 3"):
+        plots.plot_reconstructions(x, x, x[:3])
+
+
+def test_distinct_letter_indices():
+    labels = np.repeat(np.arange(26), 5)
+    chosen = plots.distinct_letter_indices(labels, 10, seed=0)
+    assert len(chosen) == 10 and len(set(labels[chosen])) == 10
+    assert len(plots.distinct_letter_indices(np.zeros(20, int), 10)) == 10
+
+
+def test_latent_sweep_decodes_once_on_normal_quantiles():
+    calls = []
+
+    def decode(z):
+        calls.append(z.copy())
+        return np.zeros((len(z), 28, 28, 1), np.float32)
+
+    figure = plots.plot_latent_sweep(decode, latent_dim=2, n=7)
+    assert len(calls) == 1 and calls[0].shape == (49, 2)
+    assert len(figure.axes) == 1 and images_in(figure) == 1
+    assert figure.axes[0].images[0].get_array().shape == (7 * 28, 7 * 28)
+    values = plots.latent_grid_values(7)
+    assert values[0] == pytest.approx(-1.6449, abs=1e-3) and values[3] == pytest.approx(0.0, abs=1e-6)
+    assert sorted(set(np.round(calls[0][:, 0], 4))) == sorted(np.round(values, 4))
+    # More dimensions: one traversal row per dimension, the others at 0.
+    calls.clear()
+    figure = plots.plot_latent_sweep(decode, latent_dim=3, n=5)
+    assert calls[0].shape == (15, 3) and np.count_nonzero(calls[0][:5, 1:]) == 0
+    assert figure.axes[0].images[0].get_array().shape == (3 * 28, 5 * 28)
+    with pytest.raises(ValueError, match=r"Expected n >= 2. Received: n=1"):
+        plots.plot_latent_sweep(decode, latent_dim=2, n=1)
+
+
+def test_latent_map_labels_every_letter():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(26), 4)
+    figure = plots.plot_latent_map(rng.normal(size=(104, 2)), labels)
+    assert len(figure.axes) == 1 and len(figure.axes[0].texts) == 26
+    assert len(set(plots.LETTER_COLOURS)) == 26
+    with pytest.raises(ValueError, match=r"Expected z of shape \(N, D\) and labels of shape \(N,\)"):
+        plots.plot_latent_map(np.zeros((5, 2)), np.zeros(4, int))
+
+
+def test_comparison_panels():
+    metrics = {name: {"psnr_noisy": 9.0, "psnr_reconstructed": 12.0, "ssim_reconstructed": 0.5,
+                      "accuracy": 0.9, "loss": 150.0} for name in ("arch1", "ae")}
+    robustness = {"noise_std": [0.0, 0.5, 1.0], "noisy": [100.0, 9.0, 6.0], "arch1": [14, 12, 10], "ae": [13, 12, 9]}
+    figure = plots.plot_comparison(metrics, robustness)
+    assert len(figure.axes) == 5 and len(figure.axes[-1].lines) == 3
+    assert figure.axes[-1].get_ylim()[1] < 50  # the capped 100 dB of std 0 stays off the scale
+    assert len(plots.plot_comparison(metrics).axes) == 4
+
+
+# ---------------------------------------------------------------- the study
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quick")
+    status = assignment_5.main(["--quick", "--data", "synthetic", "--out", str(out)])
+    return status, out
+
+
+def test_quick_study_writes_every_output(quick_run):
+    status, out = quick_run
+    assert status == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["data"] == {"source": "synthetic", "description": results["data"]["description"],
+                               "path": None, "train": 2600, "test": 520}
+    assert set(results["models"]) == {"arch1", "arch2", "arch3", "ae"}
+    for name, entry in results["models"].items():
+        assert entry["epochs"] == 2 and entry["train_seconds"] > 0
+        assert set(entry["params"]) == {"encoder", "decoder", "total"}
+        assert len(entry["history"]["val_loss"]) == 2
+        for key in ("loss", "reconstruction", "accuracy", "psnr_noisy", "psnr_reconstructed"):
+            assert np.isfinite(entry["test"][key])
+        assert ("kl" in entry["test"]) == (name != "ae")
+        assert (out / f"{name}.keras").is_file()
+    assert results["models"]["arch2"]["params"]["total"] == 807_700
+    expected = {"learning_curves.png", "comparison.png"} \
+        | {f"reconstructions_{n}.png" for n in results["models"]} \
+        | {f"latent_map_{n}.png" for n in results["models"]} \
+        | {f"latent_sweep_{n}.png" for n in ("arch1", "arch2", "arch3")}
+    assert expected == {p.name for p in out.glob("*.png")}
+    config = json.loads((out / "config.json").read_text())
+    assert config["epochs"] == 2 and config["train_size"] == 2600 and config["quick"] is True
+
+
+def test_report_links_only_existing_figures(quick_run):
+    _, out = quick_run
+    report = (out / "report.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert len(links) == len(list(out.glob("*.png")))
+    assert all((out / link).is_file() for link in links)
+    assert "synthetic capitals" in report and "| test loss |" in report and "Total time" in report
+
+
+def test_rerun_skips_finished_models(quick_run, capsys):
+    status, out = quick_run
+    before = json.loads((out / "results.json").read_text())
+    assert assignment_5.main(["--quick", "--data", "synthetic", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("already finished") == 4 and "training" not in printed
+    after = json.loads((out / "results.json").read_text())
+    assert after["models"] == before["models"]
+
+
+def test_resume_after_interruption(tmp_path, capsys):
+    import models
+
+    out = tmp_path / "run"
+    assert assignment_5.main(SMALL + ["--models", "arch2", "--out", str(out)]) == 0
+    # As if a run with ae had been killed after ae's checkpoint but before its results were written.
+    (x, _), (xt, _) = data_prepro.input_read("synthetic", train_size=260, test_size=52, seed=0)
+    model = models.build_model("ae", seed=1, precision="auto")  # seed = --seed + position in --models
+    models.train_model(model, x, xt, run_dir=out / "checkpoints" / "ae", epochs=1, seed=1, verbose=0)
+    capsys.readouterr()
+    assert assignment_5.main(SMALL[:-1] + ["2", "--models", "arch2,ae", "--out", str(out)]) == 2
+    assert "holds a run made with epochs=1, not 2" in capsys.readouterr().err
+    assert assignment_5.main(SMALL + ["--models", "arch2,ae", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "arch2: already finished" in printed and "ae: training" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["models"]) == {"arch2", "ae"} and results["models"]["ae"]["epochs"] == 1
+
+
+def test_resume_continues_an_interrupted_model(tmp_path, capsys):
+    import models
+
+    out = tmp_path / "run"
+    (x, _), (xt, _) = data_prepro.input_read("synthetic", train_size=260, test_size=52, seed=0)
+    args = ["--data", "synthetic", "--train-size", "260", "--test-size", "52", "--epochs", "3", "--models", "ae"]
+    # The first launch was killed after epoch 2 of 3: its checkpoint and config are on disk.
+    assignment_5.prepare_out(out, assignment_5.config_from_args(*assignment_5.parse_args(args + ["--out", str(out)])))
+    models.train_model(models.build_model("ae", seed=0, precision="auto"), x, xt,
+                       run_dir=out / "checkpoints" / "ae", epochs=2, seed=0, verbose=0)
+    capsys.readouterr()
+    assert assignment_5.main(args + ["--out", str(out)]) == 0
+    assert "ae: resumed after epoch 2" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert results["models"]["ae"]["epochs"] == 3 and len(results["models"]["ae"]["history"]["loss"]) == 3
+
+
+# ---------------------------------------------------------------- errors
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "0"], "argument --epochs: expected an integer >= 1, got 0"),
+    (["--batch-size", "-5"], "argument --batch-size: expected an integer >= 1, got -5"),
+    (["--latent-dim", "0"], "argument --latent-dim: expected an integer >= 1, got 0"),
+    (["--train-size", "0"], "argument --train-size: expected an integer >= 1, got 0"),
+    (["--noise-std", "-1"], "argument --noise-std: expected a finite number >= 0, got -1.0"),
+    (["--noise-std", "nan"], "argument --noise-std: expected a finite number >= 0, got nan"),
+    (["--learning-rate", "0"], "argument --learning-rate: expected a finite number > 0, got 0.0"),
+    (["--models", "arch1,arch9"], "argument --models: expected a comma-separated subset of arch1,arch2,arch3,ae"),
+    (["--models", "arch1,arch1"], "argument --models: each model once"),
+    (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
+    (["--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
+])
+def test_bad_flags(flags, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        assignment_5.main(flags + ["--out", str(tmp_path / "never")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "never").exists()
+
+
+def test_unwritable_out_is_refused_before_training(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert assignment_5.main(SMALL + ["--out", str(blocker / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a writable folder" in err and err.count("\n") == 1
+
+
+def test_out_folder_of_another_configuration_is_refused(quick_run, capsys):
+    _, out = quick_run
+    before = (out / "results.json").read_text()
+    assert assignment_5.main(["--quick", "--data", "synthetic", "--seed", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "holds a run made with seed=0, not 1; choose another --out" in err
+    assert (out / "results.json").read_text() == before
+
+
+def test_missing_and_corrupt_data(tmp_path, capsys):
+    assert assignment_5.main(["--data", str(tmp_path / "gzip.zip"), "--out", str(tmp_path / "a")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"PK\x03\x04 broken")
+    assert assignment_5.main(["--data", str(bad), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "not a readable zip archive" in err and err.count("\n") == 1
+
+
+def test_cli_error_has_no_traceback():
+    out = subprocess.run([sys.executable, "assignment_5.py", "--data", "/no/such/gzip.zip", "--out", "/tmp/x-none"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr
+    assert "source path '/no/such/gzip.zip' does not exist" in out.stderr
+
+
+# ---------------------------------------------------------------- README
+
+def test_readme_snippet_runs(tmp_path, monkeypatch):
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- snippet: start -->")[1].split("<!-- snippet: end -->")[0]
+    code = block.split("```python")[1].split("```")[0]
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert isinstance(namespace["figure"], Figure) and isinstance(namespace["sweep"], Figure)
+    assert (tmp_path / "runs" / "notebook" / "history.csv").is_file()
+
+
+def test_readme_commands_match_ci():
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "python -m pytest -q" in readme and "python -m pytest -q" in ci
+    assert "pip install -r requirements.txt" in readme and "-r requirements.txt" in ci
+
+
+def test_letter_grid():
+    labels = np.repeat(np.arange(26), 3)
+    figure = plots.plot_letter_grid(np.zeros((78, 28, 28)), labels, per_letter=3)
+    assert figure.axes[0].images[0].get_array().shape == (84, 26 * 28)
+    with pytest.raises(ValueError, match=r"Expected at least 5 images of some letter"):
+        plots.plot_letter_grid(np.zeros((78, 28, 28)), labels, per_letter=5)
