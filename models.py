@@ -196,13 +196,14 @@ class DenoisingVAE(keras.Model):
         self.variational = len(encoder.outputs) == 3  # [z_mean, z_log_var, z]; the AE has one code
         self.latent_dim = int(decoder.inputs[0].shape[-1])
         self.shards = default_shards()
+        self.resident_data = None  # a ResidentData while train_model runs: batches arrive as indices
         # Separate streams: two draws from one generator in one graph could race.
         self.noise_seed_generator = keras.random.SeedGenerator(seed)
         self.sampling_seed_generator = keras.random.SeedGenerator(None if seed is None else seed + 1)
         # The encoder up to (z_mean, z_log_var), sharing its layers: steps draw
         # epsilon once per batch instead of in each shard's Sampling layer.
-        self._moments = keras.Model(encoder.inputs, encoder.outputs[:2] if self.variational else encoder.outputs,
-                                    name="encoder_moments")
+        moments = encoder.outputs[:2] if self.variational else encoder.outputs[0]
+        self._moments = keras.Model(encoder.inputs[0], moments, name="encoder_moments")
         self.trackers = {name: keras.metrics.Mean(name=name) for name in METRIC_NAMES}
 
     @property
@@ -275,6 +276,8 @@ class DenoisingVAE(keras.Model):
         return (x, y) if y is not None else (None, x)
 
     def train_step(self, data):
+        if isinstance(data, tf.Tensor) and data.dtype.is_integer:
+            data = self.resident_data.gather(data)
         noisy, clean = self._pair(data)
         add_noise = noisy is None and self.train_noise_std > 0
         with tf.GradientTape() as tape:
@@ -560,20 +563,55 @@ def as_model_input(x):
     return x[..., None] if x.ndim == 3 else x
 
 
-def _dataset(arrays, batch_size, shuffle_seed=None):
-    """A batched tf.data pipeline over arrays held in memory, reshuffled each epoch."""
-    tensors = tuple(tf.constant(a) for a in arrays)
-    count = int(tensors[0].shape[0])
+def _quiet_options():
+    """tf.data options for a 2-core machine: one pipeline thread, no autotuning.
+
+    The pipelines below only shuffle and batch indices; extra threads would
+    compete with the training step for the cores (measured in benchmarks/).
+    """
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    options.autotune.enabled = False
+    return options
+
+
+def index_dataset(count, batch_size, shuffle_seed=None):
+    """Batches of int64 indices 0..count-1, reshuffled every epoch when seeded."""
     indices = tf.data.Dataset.range(count)
     if shuffle_seed is not None:
         indices = indices.shuffle(count, seed=shuffle_seed, reshuffle_each_iteration=True)
-    batches = indices.batch(batch_size)
+    return indices.batch(batch_size).with_options(_quiet_options())
+
+
+def _dataset(arrays, batch_size, shuffle_seed=None):
+    """Batches of ``arrays`` (a tuple of equally long arrays) gathered by :func:`index_dataset`."""
+    tensors = tuple(tf.constant(a) for a in arrays)
 
     def gather(index):
         picked = tuple(tf.gather(t, index) for t in tensors)
         return picked if len(picked) > 1 else picked[0]
 
-    return batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
+    return index_dataset(int(tensors[0].shape[0]), batch_size, shuffle_seed).map(gather)
+
+
+class ResidentData:
+    """Training arrays kept as TensorFlow tensors, gathered by index inside the compiled step.
+
+    Holding the data in TensorFlow and feeding only index batches keeps the
+    input pipeline off the cores that train. Attach with
+    ``model.resident_data = ResidentData(clean)`` or ``ResidentData(noisy, clean)``.
+    """
+
+    def __init__(self, *arrays):
+        self.tensors = tuple(tf.constant(as_model_input(a)) for a in arrays)
+
+    def __len__(self):
+        return int(self.tensors[0].shape[0])
+
+    def gather(self, index):
+        """The batch at ``index``: clean images, or ``(noisy, clean)``."""
+        picked = tuple(tf.gather(t, index) for t in self.tensors)
+        return picked if len(picked) > 1 else picked[0]
 
 
 def default_steps_per_execution(batches_per_epoch):
@@ -643,11 +681,11 @@ def train_model(model, x_train, x_val, *, run_dir, epochs=30, batch_size=100, no
     val_noisy = noise_addition(x_val, noise_std, seed=seed + 1_000_003)
     if fresh_noise:
         model.train_noise_std = float(noise_std)
-        train_data = _dataset((x_train,), batch_size, shuffle_seed=seed)
+        model.resident_data = ResidentData(x_train)
     else:
         model.train_noise_std = 0.0
-        train_noisy = noise_addition(x_train, noise_std, seed=seed + 2_000_003)
-        train_data = _dataset((train_noisy, x_train), batch_size, shuffle_seed=seed)
+        model.resident_data = ResidentData(noise_addition(x_train, noise_std, seed=seed + 2_000_003), x_train)
+    train_data = index_dataset(len(x_train), batch_size, shuffle_seed=seed)
     val_data = _dataset((val_noisy, x_val), batch_size)
     batches = math.ceil(len(x_train) / batch_size)
     if restored is None:
@@ -661,8 +699,13 @@ def train_model(model, x_train, x_val, *, run_dir, epochs=30, batch_size=100, no
         early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=early_stopping_patience,
                                               restore_best_weights=True)
         callbacks.append(early)
-    model.fit(train_data, validation_data=val_data, epochs=epochs, initial_epoch=done,
-              callbacks=callbacks, shuffle=False, verbose=verbose)
+    try:
+        model.fit(train_data, validation_data=val_data, epochs=epochs, initial_epoch=done,
+                  callbacks=callbacks, shuffle=False, verbose=verbose)
+    finally:
+        # The compiled step captured the training arrays; drop both so they can be freed.
+        model.resident_data = None
+        model.train_function = None
     stopped = bool(early is not None and early.stopped_epoch > 0)
     if stopped:
         model.save(run_dir / "best.keras")

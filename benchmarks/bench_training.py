@@ -43,7 +43,8 @@ model = models.build_model("arch{arch}", seed=0, precision="auto")
 model.train_noise_std = 0.5                                   # fresh noise inside the step
 model.compile(optimizer=keras.optimizers.Adam(1e-3),
               steps_per_execution=models.default_steps_per_execution({n} // 100))
-data = models._dataset((x,), 100, shuffle_seed=0)
+model.resident_data = models.ResidentData(x)                  # as models.train_model does
+data = models.index_dataset({n}, 100, shuffle_seed=0)
 times = []
 class Timer(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None): self.start = time.perf_counter()
