@@ -87,7 +87,6 @@ def load_times():
             results[f"synthetic_full_{state}_s"] = round(time.perf_counter() - start, 3)
         # NIST's balanced split has 112,800 train and 18,800 test images over 47 labels.
         archive = Path(folder) / "gzip.zip"
-        rng = np.random.default_rng(0)
         with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zipped:
             for usage, count in (("train", 112_800), ("test", 18_800)):
                 labels = np.repeat(np.arange(47, dtype=np.uint8), count // 47)

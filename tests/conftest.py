@@ -1,6 +1,5 @@
 """Shared fixtures: a hermetic environment and a tiny NIST-layout EMNIST archive."""
 import gzip
-import io
 import os
 import socket
 import zipfile

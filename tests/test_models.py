@@ -232,7 +232,7 @@ def test_one_training_step_changes_weights_and_is_finite(letters):
     assert set(logs) == {"loss", "reconstruction", "kl", "accuracy"}
     assert all(not np.array_equal(a, b) for a, b in zip(before, after))
     # One evaluation step changes nothing.
-    model.test_on_batch((x[:100], x[:100]))
+    model.test_on_batch(x[:100], x[:100])
     for a, b in zip(after, weights_of(model)):
         np.testing.assert_array_equal(a, b)
 
