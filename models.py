@@ -583,17 +583,6 @@ def index_dataset(count, batch_size, shuffle_seed=None):
     return indices.batch(batch_size).with_options(_quiet_options())
 
 
-def _dataset(arrays, batch_size, shuffle_seed=None):
-    """Batches of ``arrays`` (a tuple of equally long arrays) gathered by :func:`index_dataset`."""
-    tensors = tuple(tf.constant(a) for a in arrays)
-
-    def gather(index):
-        picked = tuple(tf.gather(t, index) for t in tensors)
-        return picked if len(picked) > 1 else picked[0]
-
-    return index_dataset(int(tensors[0].shape[0]), batch_size, shuffle_seed).map(gather)
-
-
 class ResidentData:
     """Training arrays kept as TensorFlow tensors, gathered by index inside the compiled step.
 
@@ -614,12 +603,18 @@ class ResidentData:
         return picked if len(picked) > 1 else picked[0]
 
 
+def _dataset(arrays, batch_size, shuffle_seed=None):
+    """Batches of ``arrays`` (equally long), gathered along :func:`index_dataset` outside the step."""
+    data = ResidentData(*arrays)
+    return index_dataset(len(data), batch_size, shuffle_seed).map(data.gather)
+
+
 def default_steps_per_execution(batches_per_epoch):
     """Steps run per compiled call: many, to amortise Python overhead, but at most an epoch."""
     return max(1, min(50, batches_per_epoch))
 
 
-def train_model(model, x_train, x_val, *, run_dir, epochs=30, batch_size=100, noise_std=0.5,
+def train_model(model, x_train, x_val, *, run_dir, epochs=20, batch_size=100, noise_std=0.5,
                 fresh_noise=True, seed=0, learning_rate=1e-3, early_stopping_patience=None,
                 steps_per_execution=None, jit_compile=False, callbacks=(), verbose="auto"):
     """Train ``model`` to turn noisy images into clean ones, resumably, into ``run_dir``.
