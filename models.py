@@ -134,6 +134,97 @@ def _decoder(architecture, latent_dim):
     return keras.Model(inputs, outputs, name="decoder")
 
 
+# --------------------------------------------------------------------------
+# Upsampling followed by a convolution, computed on the small map
+# --------------------------------------------------------------------------
+
+def _phase_taps(padding):
+    """taps[a, r, d] = 1 where tap d of a 3-tap kernel, applied after 2x nearest
+    upsampling, reads source offset r (shifted to start at 0) for output parity a.
+
+    Output row p = 2i + a reads upsampled row p + d - 1 ("same") or p + d
+    ("valid"), which is source row i + floor((a + d - 1) / 2) or i + floor((a + d) / 2).
+    """
+    low = -1 if padding == "same" else 0
+    taps = np.zeros((2, 3 if padding == "same" else 2, 3), np.float32)
+    for parity in range(2):
+        for tap in range(3):
+            taps[parity, (parity + tap + low) // 2 - low, tap] = 1.0
+    return taps
+
+
+_PHASE_TAPS = {padding: _phase_taps(padding) for padding in ("same", "valid")}
+
+
+def _is_upsample_conv(upsampling, conv):
+    """Whether ``conv(upsampling(x))`` is a 2x nearest upsampling then a plain 3x3 convolution."""
+    return (isinstance(upsampling, layers.UpSampling2D) and isinstance(conv, layers.Conv2D)
+            and tuple(upsampling.size) == (2, 2) and upsampling.interpolation == "nearest"
+            and tuple(conv.kernel_size) == (3, 3) and tuple(conv.strides) == (1, 1)
+            and tuple(conv.dilation_rate) == (1, 1) and conv.groups == 1 and conv.padding in _PHASE_TAPS
+            and upsampling.data_format == conv.data_format == "channels_last")
+
+
+def upsample_conv(x, conv):
+    """``conv(UpSampling2D(2)(x))`` computed as one convolution on ``x`` itself.
+
+    Each of the four parities (row, column) of the upsampled output is a
+    convolution of the small map with taps of ``conv.kernel`` summed where they
+    read the same source pixel (the sub-pixel view of upsampling, Shi et al.
+    2016); the four results are interleaved by ``depth_to_space``. Same
+    weights, same function, up to float rounding: the 4x larger upsampled map
+    and its gradient are never formed.
+
+    Args:
+        x: (B, H, W, C_in) tensor.
+        conv: a built 3x3, stride-1 ``Conv2D`` with ``"same"`` or ``"valid"`` padding.
+
+    Returns:
+        (B, 2H, 2W, C_out) for ``"same"``, (B, 2H - 2, 2W - 2, C_out) for ``"valid"``,
+        in ``conv``'s compute dtype, activation applied.
+    """
+    taps = _PHASE_TAPS[conv.padding]
+    rows = taps.shape[1]
+    channels_in, channels_out = conv.kernel.shape[2], conv.kernel.shape[3]
+    # kernel[r, s, c, (a, b, o)] = sum over taps (y, x) mapped to offsets (r, s) for parities (a, b)
+    kernel = tf.einsum("ary,bsx,yxio->rsiabo", taps, taps, tf.convert_to_tensor(conv.kernel))
+    kernel = tf.reshape(kernel, (rows, rows, channels_in, 4 * channels_out))
+    dtype = conv.compute_dtype
+    y = tf.nn.conv2d(tf.cast(x, dtype), tf.cast(kernel, dtype), 1, conv.padding.upper())
+    # Channel (a * 2 + b) * C_out + o goes to pixel (2i + a, 2j + b), as depth_to_space
+    # does; a reshape and transpose is faster here, its gradient most of all.
+    shape = tf.shape(y)
+    y = tf.reshape(y, (shape[0], shape[1], shape[2], 2, 2, channels_out))
+    y = tf.reshape(tf.transpose(y, (0, 1, 3, 2, 4, 5)), (shape[0], 2 * shape[1], 2 * shape[2], channels_out))
+    if conv.use_bias:
+        y = y + tf.cast(tf.convert_to_tensor(conv.bias), dtype)
+    return conv.activation(y)
+
+
+def _decoder_steps(decoder):
+    """The decoder's layers as a list of ``(fused, layer)`` to apply in turn,
+    pairing each upsampling with the convolution after it; ``None`` when the
+    decoder is not a simple chain of layers."""
+    chain = [layer for layer in decoder.layers if not isinstance(layer, layers.InputLayer)]
+    try:
+        linked = chain and chain[0].input is decoder.inputs[0] and all(
+            later.input is earlier.output for earlier, later in zip(chain, chain[1:]))
+        linked = linked and chain[-1].output is decoder.outputs[0]
+    except (AttributeError, ValueError):  # a layer used more than once
+        linked = False
+    if not linked:
+        return None
+    steps, index = [], 0
+    while index < len(chain):
+        if index + 1 < len(chain) and _is_upsample_conv(chain[index], chain[index + 1]):
+            steps.append((True, chain[index + 1]))
+            index += 2
+        else:
+            steps.append((False, chain[index]))
+            index += 1
+    return steps
+
+
 def reconstruction_loss(clean, predicted):
     """Binary cross-entropy summed over the 784 pixels: (B, 28, 28, 1) x2 -> (B,) nats.
 
@@ -204,6 +295,7 @@ class DenoisingVAE(keras.Model):
         # epsilon once per batch instead of in each shard's Sampling layer.
         moments = encoder.outputs[:2] if self.variational else encoder.outputs[0]
         self._moments = keras.Model(encoder.inputs[0], moments, name="encoder_moments")
+        self._decoder_steps = _decoder_steps(decoder)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in METRIC_NAMES}
 
     @property
@@ -215,9 +307,19 @@ class DenoisingVAE(keras.Model):
         encoded = self.encoder(inputs, training=training)
         return tuple(encoded) if self.variational else (encoded, None, encoded)
 
+    def decode(self, z, training=False):
+        """``self.decoder(z)`` with each upsampling + convolution pair computed by
+        :func:`upsample_conv`: (B, latent_dim) -> (B, 28, 28, 1) in (0, 1)."""
+        if self._decoder_steps is None:
+            return self.decoder(z, training=training)
+        x = z
+        for fused, layer in self._decoder_steps:
+            x = upsample_conv(x, layer) if fused else layer(x, training=training)
+        return x
+
     def call(self, inputs, training=False):
         """Reconstruction through a sampled z (VAE) or the code (AE): (B, 28, 28, 1)."""
-        return self.decoder(self.encode(inputs, training=training)[2], training=training)
+        return self.decode(self.encode(inputs, training=training)[2], training=training)
 
     def losses_per_image(self, noisy, clean, epsilon=None, training=False):
         """Per-image reconstruction, KL and accuracy, (B,) each.
@@ -232,7 +334,7 @@ class DenoisingVAE(keras.Model):
             z = z_mean + ops.exp(0.5 * z_log_var) * ops.cast(epsilon, z_mean.dtype)
         else:
             z_mean = z = self._moments(noisy, training=training)
-        predicted = self.decoder(z, training=training)
+        predicted = self.decode(z, training=training)
         reconstruction = reconstruction_loss(clean, predicted)
         kl = kl_divergence(z_mean, z_log_var) if self.variational else ops.zeros_like(reconstruction)
         return reconstruction, kl, pixel_accuracy(clean, predicted)
@@ -827,12 +929,12 @@ def _evaluation_step(model, iw_samples):
     def step(noisy, clean, epsilon):
         z_mean, z_log_var, _ = model.encode(noisy)
         if model.variational:
-            sampled = model.decoder(z_mean + ops.exp(0.5 * z_log_var) * epsilon[0], training=False)
-            deterministic = model.decoder(z_mean, training=False)
+            sampled = model.decode(z_mean + ops.exp(0.5 * z_log_var) * epsilon[0], training=False)
+            deterministic = model.decode(z_mean, training=False)
             kl = kl_divergence(z_mean, z_log_var)
             log_likelihood = _iw_log_likelihood(model, z_mean, z_log_var, clean, epsilon[1:])
         else:
-            sampled = deterministic = model.decoder(z_mean, training=False)
+            sampled = deterministic = model.decode(z_mean, training=False)
             kl = log_likelihood = ops.zeros((ops.shape(clean)[0],))
         per_image = {
             "reconstruction": reconstruction_loss(clean, sampled),
@@ -877,7 +979,7 @@ def _iw_log_likelihood(model, z_mean, z_log_var, clean, epsilon):
     # Gaussian log densities summed over latent dimensions: (K, B).
     log_prior = -0.5 * ops.sum(ops.square(z) + log_two_pi, axis=-1)
     log_posterior = -0.5 * ops.sum(ops.square(epsilon) + log_two_pi + z_log_var[None], axis=-1)
-    decoded = model.decoder(ops.reshape(z, (-1, model.latent_dim)), training=False)
+    decoded = model.decode(ops.reshape(z, (-1, model.latent_dim)), training=False)
     predicted = ops.clip(ops.reshape(decoded, (samples, batch, PIXELS)), 1e-7, 1 - 1e-7)
     target = ops.reshape(clean, (1, batch, PIXELS))
     log_likelihood = ops.sum(target * ops.log(predicted) + (1 - target) * ops.log(1 - predicted), axis=-1)

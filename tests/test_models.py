@@ -75,6 +75,42 @@ def test_arch1_encoder_follows_the_table():
     assert [t for t, _ in shapes[-3:]] == ["Dense", "Dense", "Sampling"]
 
 
+@pytest.mark.parametrize("padding, size", [("same", 14), ("valid", 8), ("same", 4)])
+def test_upsample_conv_equals_upsampling_then_conv(padding, size):
+    """The convolution on the small map gives the layers' outputs and gradients."""
+    rng = np.random.default_rng(size)
+    upsampling = keras.layers.UpSampling2D()
+    conv = keras.layers.Conv2D(5, 3, padding=padding, activation="sigmoid")
+    x = models.tf.constant(rng.normal(size=(3, size, size, 4)).astype(np.float32))
+    conv.build((None, 2 * size, 2 * size, 4))
+    conv.kernel.assign(rng.normal(size=(3, 3, 4, 5)).astype(np.float32))
+    conv.bias.assign(rng.normal(size=(5,)).astype(np.float32))
+    weights = [conv.kernel.value, conv.bias.value]
+    outputs, gradients = [], []
+    for compute in (lambda: conv(upsampling(x)), lambda: models.upsample_conv(x, conv)):
+        with models.tf.GradientTape() as tape:
+            tape.watch(x)
+            y = compute()
+            loss = models.tf.reduce_sum(y * np.arange(y.shape[-1], dtype=np.float32))
+        outputs.append(np.asarray(y))
+        gradients.append([np.asarray(g) for g in tape.gradient(loss, [x, *weights])])
+    expected_size = 2 * size if padding == "same" else 2 * size - 2
+    assert outputs[1].shape == outputs[0].shape == (3, expected_size, expected_size, 5)
+    np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-5)
+    for fused, plain in zip(gradients[1], gradients[0]):
+        np.testing.assert_allclose(fused, plain, rtol=1e-4, atol=1e-4)
+
+
+def test_decode_pairs_arch3_upsamplings_and_matches_the_decoder():
+    model = models.build_model("arch3", seed=0)
+    fused = [layer.name for is_fused, layer in model._decoder_steps if is_fused]
+    assert fused == ["decoder_conv2", "decoder_conv3", "decoder_conv4"]
+    z = np.random.default_rng(0).normal(size=(6, 2)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(model.decode(z)), np.asarray(model.decoder(z)), atol=1e-6)
+    dense = models.build_model("arch1", seed=0)
+    assert not any(is_fused for is_fused, _ in dense._decoder_steps)
+
+
 def test_no_lambda_layers():
     for name in models.ARCHITECTURES:
         model = models.build_model(name)
