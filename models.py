@@ -411,6 +411,32 @@ class DenoisingVAE(keras.Model):
         return cls(**config)
 
 
+@keras.saving.register_keras_serializable(package="denoising_vae")
+class FusedAdam(keras.optimizers.Adam):
+    """``keras.optimizers.Adam`` with each variable updated by one fused TensorFlow kernel.
+
+    The update is Keras' (Kingma & Ba 2015, Algorithm 1 with epsilon added to
+    sqrt(v)): m += (g - m)(1 - beta_1), v += (g^2 - v)(1 - beta_2),
+    w -= lr sqrt(1 - beta_2^t) / (1 - beta_1^t) * m / (sqrt(v) + epsilon),
+    computed by ``ResourceApplyAdam`` in one pass over each variable instead
+    of about ten separate operations. Same arguments and state as Adam;
+    ``amsgrad`` and sparse gradients fall back to Keras' own update.
+    """
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.amsgrad or isinstance(gradient, tf.IndexedSlices):
+            return super().update_step(gradient, variable, learning_rate)
+        dtype = variable.dtype
+        index = self._get_variable_index(variable)
+        step = ops.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = ops.cast(self.beta_1, dtype), ops.cast(self.beta_2, dtype)
+        tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle, m=self._momentums[index].handle, v=self._velocities[index].handle,
+            beta1_power=ops.power(beta_1, step), beta2_power=ops.power(beta_2, step),
+            lr=ops.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2,
+            epsilon=ops.cast(self.epsilon, dtype), grad=ops.cast(gradient, dtype))
+
+
 def default_shards():
     """Slices per batch: one per CPU core (at most 4) on a CPU, 1 where a GPU is visible.
 
@@ -786,7 +812,7 @@ def train_model(model, x_train, x_val, *, run_dir, epochs=20, batch_size=100, no
     val_data = _dataset((val_noisy, x_val), batch_size)
     batches = math.ceil(len(x_train) / batch_size)
     if restored is None:
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+        model.compile(optimizer=FusedAdam(learning_rate),
                       steps_per_execution=steps_per_execution or default_steps_per_execution(batches),
                       jit_compile=jit_compile)
     callbacks = [_StopOnNonFiniteBatch(), _EpochCheckpoint(run_dir, history, seconds_before, metadata),

@@ -41,7 +41,7 @@ rng = np.random.default_rng(0)
 x = (rng.random(({n}, 28, 28, 1)) > 0.8).astype("float32")   # the anchors' data
 model = models.build_model("arch{arch}", seed=0, precision="auto")
 model.train_noise_std = 0.5                                   # fresh noise inside the step
-model.compile(optimizer=keras.optimizers.Adam(1e-3),
+model.compile(optimizer=models.FusedAdam(1e-3),               # as models.train_model does
               steps_per_execution=models.default_steps_per_execution({n} // 100))
 model.resident_data = models.ResidentData(x)                  # as models.train_model does
 data = models.index_dataset({n}, 100, shuffle_seed=0)

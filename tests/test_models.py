@@ -257,6 +257,34 @@ def test_load_in_a_fresh_process_after_importing_models(tmp_path, letters):
 
 # ---------------------------------------------------------------- training
 
+def test_fused_adam_follows_keras_adam():
+    rng = np.random.default_rng(0)
+    start = [rng.normal(size=(30, 7)).astype(np.float32), rng.normal(size=(7,)).astype(np.float32)]
+    finals = []
+    for optimizer in (keras.optimizers.Adam(0.01), models.FusedAdam(0.01)):
+        variables = [keras.Variable(value) for value in start]
+        step = models.tf.function(lambda grads: optimizer.apply(grads, variables))
+        for index in range(40):
+            step([np.random.default_rng(index).normal(size=v.shape).astype(np.float32) for v in start])
+        finals.append([np.asarray(v) for v in variables])
+    for plain, fused, first in zip(*finals, start):
+        assert np.abs(plain - first).max() > 0.1  # the variables moved
+        np.testing.assert_allclose(fused, plain, atol=1e-5)
+
+
+def test_fused_adam_round_trips_through_a_saved_model(letters, tmp_path):
+    model = models.build_model("arch2", seed=0)
+    model.compile(optimizer=models.FusedAdam(2e-3))
+    model.fit(letters[0][:200], letters[0][:200], batch_size=100, epochs=1, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = models.load_model(tmp_path / "m.keras")
+    assert type(loaded.optimizer) is models.FusedAdam
+    assert loaded.optimizer.learning_rate.numpy() == pytest.approx(2e-3)
+    assert int(loaded.optimizer.iterations.numpy()) == 2
+    for saved, restored in zip(model.optimizer.variables, loaded.optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(saved), np.asarray(restored))
+
+
 def test_one_training_step_changes_weights_and_is_finite(letters):
     x, _ = letters
     model = models.build_model("arch1", seed=0)
