@@ -201,28 +201,92 @@ def upsample_conv(x, conv):
     return conv.activation(y)
 
 
-def _decoder_steps(decoder):
-    """The decoder's layers as a list of ``(fused, layer)`` to apply in turn,
-    pairing each upsampling with the convolution after it; ``None`` when the
-    decoder is not a simple chain of layers."""
-    chain = [layer for layer in decoder.layers if not isinstance(layer, layers.InputLayer)]
-    try:
-        linked = chain and chain[0].input is decoder.inputs[0] and all(
-            later.input is earlier.output for earlier, later in zip(chain, chain[1:]))
-        linked = linked and chain[-1].output is decoder.outputs[0]
-    except (AttributeError, ValueError):  # a layer used more than once
-        linked = False
-    if not linked:
-        return None
+def _is_conv_relu_pool(conv, pooling):
+    """Whether ``pooling(conv(x))`` is a ReLU convolution then max pooling."""
+    return (isinstance(conv, layers.Conv2D) and isinstance(pooling, layers.MaxPooling2D)
+            and conv.activation is keras.activations.relu)
+
+
+def conv_relu_pool(x, conv, pooling):
+    """``pooling(conv(x))`` for a ReLU convolution and max pooling, the ReLU applied after the pooling.
+
+    Max pooling and ReLU commute (ReLU is non-decreasing, and padded cells
+    never win a max), so outputs and gradients are the same while the ReLU
+    and its gradient run on the 4x smaller pooled map.
+
+    Args:
+        x: (B, H, W, C_in) tensor.
+        conv: a built ``Conv2D`` with ``activation="relu"``.
+        pooling: a ``MaxPooling2D``.
+
+    Returns:
+        the pooled map, in ``conv``'s compute dtype.
+    """
+    dtype = conv.compute_dtype
+    y = conv.convolution_op(tf.cast(x, dtype), tf.cast(tf.convert_to_tensor(conv.kernel), dtype))
+    if conv.use_bias:
+        y = y + tf.cast(tf.convert_to_tensor(conv.bias), dtype)
+    return tf.nn.relu(pooling(y))
+
+
+def _layer_chain(output, start):
+    """The layers leading from tensor ``start`` to tensor ``output`` of a functional
+    model, first to last, when each takes the previous one's output alone; else ``None``."""
+    chain, tensor = [], output
+    while tensor is not start:
+        layer = getattr(getattr(tensor, "_keras_history", None), "operation", None)
+        if not isinstance(layer, layers.Layer) or isinstance(layer, layers.InputLayer):
+            return None
+        try:
+            tensor = layer.input
+        except (AttributeError, ValueError):  # a layer called at several places
+            return None
+        if not isinstance(tensor, keras.KerasTensor):  # several inputs
+            return None
+        chain.append(layer)
+    return chain[::-1]
+
+
+def _fused_steps(chain):
+    """``chain`` as ``(kind, layers)`` steps: ``"upsample_conv"`` and ``"conv_relu_pool"``
+    for the pairs :func:`upsample_conv` and :func:`conv_relu_pool` compute, else ``"layer"``."""
     steps, index = [], 0
     while index < len(chain):
-        if index + 1 < len(chain) and _is_upsample_conv(chain[index], chain[index + 1]):
-            steps.append((True, chain[index + 1]))
-            index += 2
+        pair = tuple(chain[index:index + 2])
+        if len(pair) == 2 and _is_upsample_conv(*pair):
+            steps.append(("upsample_conv", pair))
+        elif len(pair) == 2 and _is_conv_relu_pool(*pair):
+            steps.append(("conv_relu_pool", pair))
         else:
-            steps.append((False, chain[index]))
-            index += 1
+            pair = pair[:1]
+            steps.append(("layer", pair))
+        index += len(pair)
     return steps
+
+
+def _run_steps(steps, x, training):
+    for kind, pair in steps:
+        if kind == "upsample_conv":
+            x = upsample_conv(x, pair[1])
+        elif kind == "conv_relu_pool":
+            x = conv_relu_pool(x, *pair)
+        else:
+            x = pair[0](x, training=training)
+    return x
+
+
+def _encoder_plan(encoder, outputs):
+    """``(steps, heads)``: the fused steps of the encoder's trunk and the layers
+    that each map the trunk's output to one of ``outputs``; ``None`` if the
+    encoder is not shaped so."""
+    heads = [getattr(getattr(t, "_keras_history", None), "operation", None) for t in outputs]
+    try:
+        trunk_output = heads[0].input
+        shared = all(head.input is trunk_output for head in heads)
+    except (AttributeError, ValueError):
+        return None
+    chain = _layer_chain(trunk_output, encoder.inputs[0]) if shared else None
+    return None if chain is None else (_fused_steps(chain), heads)
 
 
 def reconstruction_loss(clean, predicted):
@@ -295,7 +359,11 @@ class DenoisingVAE(keras.Model):
         # epsilon once per batch instead of in each shard's Sampling layer.
         moments = encoder.outputs[:2] if self.variational else encoder.outputs[0]
         self._moments = keras.Model(encoder.inputs[0], moments, name="encoder_moments")
-        self._decoder_steps = _decoder_steps(decoder)
+        # The same layers run pairwise where a fused computation gives the same
+        # function faster (upsample_conv, conv_relu_pool); None: run the models.
+        self._encoder_plan = _encoder_plan(encoder, encoder.outputs[:2] if self.variational else encoder.outputs)
+        decoder_chain = _layer_chain(decoder.outputs[0], decoder.inputs[0])
+        self._decoder_steps = None if decoder_chain is None else _fused_steps(decoder_chain)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in METRIC_NAMES}
 
     @property
@@ -307,15 +375,23 @@ class DenoisingVAE(keras.Model):
         encoded = self.encoder(inputs, training=training)
         return tuple(encoded) if self.variational else (encoded, None, encoded)
 
+    def moments(self, inputs, training=False):
+        """The encoder's outputs before sampling: ``(z_mean, z_log_var)``, (B, D) each,
+        for a VAE; the code (B, D) for the AE. Same function as the encoder's
+        layers, with pairs fused as in :func:`conv_relu_pool`."""
+        if self._encoder_plan is None:
+            return self._moments(inputs, training=training)
+        steps, heads = self._encoder_plan
+        hidden = _run_steps(steps, inputs, training)
+        outputs = tuple(head(hidden, training=training) for head in heads)
+        return outputs if self.variational else outputs[0]
+
     def decode(self, z, training=False):
         """``self.decoder(z)`` with each upsampling + convolution pair computed by
         :func:`upsample_conv`: (B, latent_dim) -> (B, 28, 28, 1) in (0, 1)."""
         if self._decoder_steps is None:
             return self.decoder(z, training=training)
-        x = z
-        for fused, layer in self._decoder_steps:
-            x = upsample_conv(x, layer) if fused else layer(x, training=training)
-        return x
+        return _run_steps(self._decoder_steps, z, training)
 
     def call(self, inputs, training=False):
         """Reconstruction through a sampled z (VAE) or the code (AE): (B, 28, 28, 1)."""
@@ -330,10 +406,10 @@ class DenoisingVAE(keras.Model):
         if epsilon is None:
             z_mean, z_log_var, z = self.encode(noisy, training=training)
         elif self.variational:
-            z_mean, z_log_var = self._moments(noisy, training=training)
+            z_mean, z_log_var = self.moments(noisy, training=training)
             z = z_mean + ops.exp(0.5 * z_log_var) * ops.cast(epsilon, z_mean.dtype)
         else:
-            z_mean = z = self._moments(noisy, training=training)
+            z_mean = z = self.moments(noisy, training=training)
         predicted = self.decode(z, training=training)
         reconstruction = reconstruction_loss(clean, predicted)
         kl = kl_divergence(z_mean, z_log_var) if self.variational else ops.zeros_like(reconstruction)
@@ -953,14 +1029,14 @@ def _evaluation_step(model, iw_samples):
 
     @tf.function(reduce_retracing=True)
     def step(noisy, clean, epsilon):
-        z_mean, z_log_var, _ = model.encode(noisy)
         if model.variational:
+            z_mean, z_log_var = model.moments(noisy)
             sampled = model.decode(z_mean + ops.exp(0.5 * z_log_var) * epsilon[0], training=False)
             deterministic = model.decode(z_mean, training=False)
             kl = kl_divergence(z_mean, z_log_var)
             log_likelihood = _iw_log_likelihood(model, z_mean, z_log_var, clean, epsilon[1:])
         else:
-            sampled = deterministic = model.decode(z_mean, training=False)
+            sampled = deterministic = model.decode(model.moments(noisy), training=False)
             kl = log_likelihood = ops.zeros((ops.shape(clean)[0],))
         per_image = {
             "reconstruction": reconstruction_loss(clean, sampled),

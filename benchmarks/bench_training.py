@@ -1,6 +1,7 @@
 """Training throughput and data-load times, side by side with the plain Keras and PyTorch anchors.
 
     python benchmarks/bench_training.py [--repeats 2] [--anchors ../shared/bench] [--n 62400]
+                                        [--precisions auto,float32,mixed_bfloat16]
 
 Prints one JSON object. Per architecture: seconds per epoch of 62,400 images at
 batch 100 and samples per second (warm-up epoch excluded, best of the
@@ -11,6 +12,10 @@ the same number of epochs on the same data (the anchors' random binary
 images), to show that the speed does not come from doing less work. Then the
 data-load times: the full synthetic set and a full-size NIST-layout archive,
 cold (nothing prepared) and warm (prepared cache).
+
+``--precisions`` measures the package at each listed precision: the first is
+reported as ``ours``, the others as ``ours_<precision>`` (on a GPU, list
+``float32,mixed_bfloat16`` to see mixed precision off and on).
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ sys.path.insert(0, str(REPO))
 DEFAULT_ANCHORS = REPO.parent / "shared" / "bench"
 
 
-def ours(arch, n, epochs):
+def ours(arch, n, epochs, precision="auto"):
     """Seconds per epoch (best after the warm-up) and final loss of the package's training path."""
     code = f"""
 import json, sys, time
@@ -39,7 +44,7 @@ sys.path.insert(0, {str(REPO)!r})
 import numpy as np, models, keras
 rng = np.random.default_rng(0)
 x = (rng.random(({n}, 28, 28, 1)) > 0.8).astype("float32")   # the anchors' data
-model = models.build_model("arch{arch}", seed=0, precision="auto")
+model = models.build_model("arch{arch}", seed=0, precision={precision!r})
 model.train_noise_std = 0.5                                   # fresh noise inside the step
 model.compile(optimizer=models.FusedAdam(1e-3),               # as models.train_model does
               steps_per_execution=models.default_steps_per_execution({n} // 100))
@@ -50,8 +55,10 @@ class Timer(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None): self.start = time.perf_counter()
     def on_epoch_end(self, epoch, logs=None): times.append(time.perf_counter() - self.start)
 history = model.fit(data, epochs={epochs}, verbose=0, shuffle=False, callbacks=[Timer()])
+device = "GPU" if models.tf.config.list_physical_devices("GPU") else "CPU"
 print(json.dumps({{"seconds_per_epoch": sum(times[1:]) / len(times[1:]), "epochs": times, "shards": model.shards,
-                  "precision": models.precision_of(model), "final_loss": history.history["loss"][-1]}}))
+                  "precision": models.precision_of(model), "device": device,
+                  "final_loss": history.history["loss"][-1]}}))
 """
     return _json_from([sys.executable, "-c", code])
 
@@ -113,10 +120,16 @@ def main(argv=None):
     parser.add_argument("--n", type=int, default=62_400, help="training images per epoch")
     parser.add_argument("--archs", default="1,2,3")
     parser.add_argument("--anchors", default=str(DEFAULT_ANCHORS), help="folder of keras_anchor.py, torch_anchor.py")
+    parser.add_argument("--precisions", default="auto",
+                        help="comma-separated precisions of the package to measure (auto, float32, mixed_bfloat16)")
     parser.add_argument("--skip-load", action="store_true", help="skip the data-load measurements")
     args = parser.parse_args(argv)
     anchors = Path(args.anchors)
-    runners = {"ours": lambda a: ours(a, args.n, args.epochs)}
+    precisions = args.precisions.split(",")
+    runners = {}
+    for index, precision in enumerate(precisions):
+        runners["ours" if index == 0 else f"ours_{precision}"] = \
+            lambda a, precision=precision: ours(a, args.n, args.epochs, precision)
     if (anchors / "keras_anchor.py").is_file():
         runners["keras"] = lambda a: anchor(anchors / "keras_anchor.py", a, args.n, args.epochs)
     if (anchors / "torch_anchor.py").is_file() and torch_available():
@@ -139,14 +152,17 @@ def main(argv=None):
                            "samples_per_second": round(args.n / best["seconds_per_epoch"], 1),
                            "all_seconds_per_epoch": [round(r["seconds_per_epoch"], 3) for r in good],
                            "final_loss": round(float(best["final_loss"]), 3)}
-            for key in ("precision", "shards"):
+            for key in ("precision", "shards", "device"):
                 if key in best:
                     entry[name][key] = best[key]
-        for name in ("keras", "torch"):
-            if "seconds_per_epoch" in entry.get(name, {}) and "seconds_per_epoch" in entry["ours"]:
-                speedup = entry[name]["seconds_per_epoch"] / entry["ours"]["seconds_per_epoch"]
-                entry[f"speedup_vs_{name}"] = round(speedup, 2)
-                entry[f"loss_difference_vs_{name}"] = round(entry["ours"]["final_loss"] - entry[name]["final_loss"], 3)
+        for mine in (name for name in runners if name.startswith("ours")):
+            prefix = "" if mine == "ours" else f"{mine}_"
+            for name in ("keras", "torch"):
+                if "seconds_per_epoch" in entry.get(name, {}) and "seconds_per_epoch" in entry[mine]:
+                    speedup = entry[name]["seconds_per_epoch"] / entry[mine]["seconds_per_epoch"]
+                    entry[f"{prefix}speedup_vs_{name}"] = round(speedup, 2)
+                    entry[f"{prefix}loss_difference_vs_{name}"] = round(
+                        entry[mine]["final_loss"] - entry[name]["final_loss"], 3)
         report["architectures"][f"arch{arch}"] = entry
         print(json.dumps({f"arch{arch}": entry}), file=sys.stderr, flush=True)
     if not args.skip_load:

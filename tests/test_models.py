@@ -101,14 +101,56 @@ def test_upsample_conv_equals_upsampling_then_conv(padding, size):
         np.testing.assert_allclose(fused, plain, rtol=1e-4, atol=1e-4)
 
 
-def test_decode_pairs_arch3_upsamplings_and_matches_the_decoder():
+def fused_pairs(steps):
+    return [(kind, [layer.name for layer in pair]) for kind, pair in steps if kind != "layer"]
+
+
+def test_arch3_runs_its_layer_pairs_fused_and_matches_the_models():
     model = models.build_model("arch3", seed=0)
-    fused = [layer.name for is_fused, layer in model._decoder_steps if is_fused]
-    assert fused == ["decoder_conv2", "decoder_conv3", "decoder_conv4"]
-    z = np.random.default_rng(0).normal(size=(6, 2)).astype(np.float32)
+    assert fused_pairs(model._decoder_steps) == [
+        ("upsample_conv", ["decoder_upsampling1", "decoder_conv2"]),
+        ("upsample_conv", ["decoder_upsampling2", "decoder_conv3"]),
+        ("upsample_conv", ["decoder_upsampling3", "decoder_conv4"])]
+    steps, heads = model._encoder_plan
+    assert fused_pairs(steps) == [("conv_relu_pool", [f"encoder_conv{i}", f"encoder_maxpool{i}"]) for i in (1, 2, 3)]
+    assert [head.name for head in heads] == ["mean", "log_var"]
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(6, 2)).astype(np.float32)
     np.testing.assert_allclose(np.asarray(model.decode(z)), np.asarray(model.decoder(z)), atol=1e-6)
-    dense = models.build_model("arch1", seed=0)
-    assert not any(is_fused for is_fused, _ in dense._decoder_steps)
+    x = rng.random((6, 28, 28, 1)).astype(np.float32)
+    for fused, plain in zip(model.moments(x), model._moments(x)):
+        np.testing.assert_allclose(np.asarray(fused), np.asarray(plain), atol=1e-6)
+
+
+@pytest.mark.parametrize("name, encoder_pairs", [("arch1", 2), ("ae", 2), ("arch2", 0)])
+def test_other_models_fuse_only_their_conv_pool_pairs(name, encoder_pairs):
+    model = models.build_model(name, seed=0)
+    assert fused_pairs(model._decoder_steps) == []
+    steps, _ = model._encoder_plan
+    assert [kind for kind, _ in fused_pairs(steps)] == ["conv_relu_pool"] * encoder_pairs
+    x = np.random.default_rng(1).random((5, 28, 28, 1)).astype(np.float32)
+    fused, plain = model.moments(x), model._moments(x)
+    for a, b in zip(*(([f] if name == "ae" else f) for f in (fused, plain))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_conv_relu_pool_equals_the_layers_with_gradients():
+    rng = np.random.default_rng(3)
+    conv = keras.layers.Conv2D(6, 3, padding="same", activation="relu")
+    pooling = keras.layers.MaxPooling2D(2, padding="same")
+    x = models.tf.constant(rng.normal(size=(4, 7, 7, 3)).astype(np.float32))  # odd size: a padded pool
+    conv.build((None, 7, 7, 3))
+    results = []
+    for compute in (lambda: pooling(conv(x)), lambda: models.conv_relu_pool(x, conv, pooling)):
+        with models.tf.GradientTape() as tape:
+            tape.watch(x)
+            y = compute()
+            loss = models.tf.reduce_sum(y * np.arange(1, 7, dtype=np.float32))
+        results.append([np.asarray(y)] + [np.asarray(g) for g in tape.gradient(loss, [x, conv.kernel.value,
+                                                                                       conv.bias.value])])
+    assert results[1][0].shape == (4, 4, 4, 6)
+    for fused, plain in zip(*results):
+        np.testing.assert_allclose(fused, plain, rtol=1e-5, atol=1e-5)
 
 
 def test_no_lambda_layers():
