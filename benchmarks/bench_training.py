@@ -1,7 +1,7 @@
 """Training throughput and data-load times, side by side with the plain Keras and PyTorch anchors.
 
     python benchmarks/bench_training.py [--repeats 2] [--anchors ../shared/bench] [--n 62400]
-                                        [--precisions auto,float32,mixed_bfloat16]
+                                        [--precisions auto,float32,mixed_bfloat16] [--noise fixed,fresh]
 
 Prints one JSON object. Per architecture: seconds per epoch of 62,400 images at
 batch 100 and samples per second (warm-up epoch excluded, best of the
@@ -13,9 +13,12 @@ images), to show that the speed does not come from doing less work. Then the
 data-load times: the full synthetic set and a full-size NIST-layout archive,
 cold (nothing prepared) and warm (prepared cache).
 
-``--precisions`` measures the package at each listed precision: the first is
-reported as ``ours``, the others as ``ours_<precision>`` (on a GPU, list
-``float32,mixed_bfloat16`` to see mixed precision off and on).
+``--precisions`` and ``--noise`` list the package's variants to measure: the
+first of each is reported as ``ours``, the others as ``ours_<precision>``,
+``ours_fresh_noise`` and so on (on a GPU, ``--precisions float32,mixed_bfloat16``
+shows mixed precision off and on). ``ours`` trains on one noisy copy as the
+anchors do (the same work); ``ours_fresh_noise`` draws new noise in every
+step, as the study does by default.
 """
 from __future__ import annotations
 
@@ -36,8 +39,13 @@ sys.path.insert(0, str(REPO))
 DEFAULT_ANCHORS = REPO.parent / "shared" / "bench"
 
 
-def ours(arch, n, epochs, precision="auto"):
-    """Seconds per epoch (best after the warm-up) and final loss of the package's training path."""
+def ours(arch, n, epochs, precision="auto", noise="fixed"):
+    """Seconds per epoch (mean after the warm-up) and final loss of the package's training path.
+
+    ``noise="fixed"`` trains on one noisy copy of the data, as the anchors do
+    (``train_model(fresh_noise=False)``); ``"fresh"`` draws new noise inside
+    every step, as the study does by default.
+    """
     code = f"""
 import json, sys, time
 sys.path.insert(0, {str(REPO)!r})
@@ -45,10 +53,14 @@ import numpy as np, models, keras
 rng = np.random.default_rng(0)
 x = (rng.random(({n}, 28, 28, 1)) > 0.8).astype("float32")   # the anchors' data
 model = models.build_model("arch{arch}", seed=0, precision={precision!r})
-model.train_noise_std = 0.5                                   # fresh noise inside the step
 model.compile(optimizer=models.FusedAdam(1e-3),               # as models.train_model does
               steps_per_execution=models.default_steps_per_execution({n} // 100))
-model.resident_data = models.ResidentData(x)                  # as models.train_model does
+if {noise!r} == "fresh":
+    model.train_noise_std = 0.5                               # fresh noise inside the step
+    model.resident_data = models.ResidentData(x)              # as models.train_model does
+else:                                                         # the anchors' noisy copy
+    noisy = np.clip(x + rng.normal(0, 0.5, x.shape).astype("float32"), 0, 1)
+    model.resident_data = models.ResidentData(noisy, x)
 data = models.index_dataset({n}, 100, shuffle_seed=0)
 times = []
 class Timer(keras.callbacks.Callback):
@@ -122,14 +134,19 @@ def main(argv=None):
     parser.add_argument("--anchors", default=str(DEFAULT_ANCHORS), help="folder of keras_anchor.py, torch_anchor.py")
     parser.add_argument("--precisions", default="auto",
                         help="comma-separated precisions of the package to measure (auto, float32, mixed_bfloat16)")
+    parser.add_argument("--noise", default="fixed,fresh",
+                        help="noise modes of the package to measure: fixed (one noisy copy, as the anchors), "
+                             "fresh (new noise every step)")
     parser.add_argument("--skip-load", action="store_true", help="skip the data-load measurements")
     args = parser.parse_args(argv)
     anchors = Path(args.anchors)
-    precisions = args.precisions.split(",")
+    precisions, noises = args.precisions.split(","), args.noise.split(",")
     runners = {}
-    for index, precision in enumerate(precisions):
-        runners["ours" if index == 0 else f"ours_{precision}"] = \
-            lambda a, precision=precision: ours(a, args.n, args.epochs, precision)
+    for precision in precisions:  # "ours" is the first of each list, the others are named by what differs
+        for noise in noises:
+            name = "_".join(["ours"] + [precision] * (precision != precisions[0])
+                            + [f"{noise}_noise"] * (noise != noises[0]))
+            runners[name] = lambda a, precision=precision, noise=noise: ours(a, args.n, args.epochs, precision, noise)
     if (anchors / "keras_anchor.py").is_file():
         runners["keras"] = lambda a: anchor(anchors / "keras_anchor.py", a, args.n, args.epochs)
     if (anchors / "torch_anchor.py").is_file() and torch_available():

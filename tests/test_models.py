@@ -14,6 +14,7 @@ import models
 from conftest import REPO
 
 keras = models.keras
+ops = models.ops
 
 EXPECTED_PARAMS = {
     "arch1": {"encoder": 2_892, "decoder": 334_352, "total": 337_244},
@@ -550,6 +551,41 @@ def test_shards_give_the_same_step_as_the_whole_batch(letters):
         assert logs["loss"] == pytest.approx(results[0][0]["loss"], rel=1e-5)
         for a, b in zip(weights, results[0][1]):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", models.ARCHITECTURES)
+def test_training_loss_and_gradients_equal_the_plain_layers(name, letters):
+    """The fused computations of the training step change nothing but speed."""
+    x, _ = letters
+    clean = x[:40]
+    noisy = np.clip(clean + np.random.default_rng(0).normal(0, 0.5, clean.shape), 0, 1).astype(np.float32)
+    epsilon = np.random.default_rng(1).normal(size=(40, 2)).astype(np.float32)
+    model = models.build_model(name, seed=0)
+
+    def plain_losses():  # the Keras models as built, layer by layer
+        if model.variational:
+            z_mean, z_log_var = model._moments(noisy, training=True)
+            z = z_mean + ops.exp(0.5 * z_log_var) * epsilon
+            kl = models.kl_divergence(z_mean, z_log_var)
+        else:
+            z, kl = model._moments(noisy, training=True), 0.0
+        return models.reconstruction_loss(clean, model.decoder(z, training=True)), kl
+
+    def fused_losses():
+        reconstruction, kl, _ = model.losses_per_image(noisy, clean, epsilon, training=True)
+        return reconstruction, kl
+
+    results = []
+    for losses in (plain_losses, fused_losses):
+        with models.tf.GradientTape() as tape:
+            reconstruction, kl = losses()
+            loss = ops.mean(reconstruction) + ops.mean(kl)
+        results.append((float(loss), [np.asarray(g) for g in tape.gradient(loss, model.trainable_weights)]))
+    (plain_loss, plain_gradients), (fused_loss, fused_gradients) = results
+    assert fused_loss == pytest.approx(plain_loss, rel=1e-6)
+    assert len(fused_gradients) == len(plain_gradients) == len(model.trainable_weights)
+    for fused, plain in zip(fused_gradients, plain_gradients):
+        np.testing.assert_allclose(fused, plain, rtol=1e-4, atol=1e-4 * np.abs(plain).max())
 
 
 def test_sharded_vae_losses_cover_every_image_once(letters):
