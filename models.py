@@ -9,6 +9,11 @@
 * :func:`evaluate` computes test metrics in batches, including an
   importance-weighted estimate of log p(x) (Burda et al. 2016).
 
+The models' layers, weights and saved files are the report's. For speed,
+training and evaluation compute two kinds of adjacent layer pairs in one
+go with the same result (:func:`upsample_conv`, :func:`conv_relu_pool`),
+and :class:`FusedAdam` updates each variable with one kernel.
+
 Everything here uses Keras 3 on the TensorFlow backend. Importing this module
 sets, unless already set, ``TF_ENABLE_ONEDNN_OPTS=1``, ``TF_NUM_INTRAOP_THREADS=1``
 and ``TF_NUM_INTEROP_THREADS`` = CPU cores (read by TensorFlow when it starts,
@@ -28,8 +33,7 @@ from pathlib import Path
 # These must precede the first TensorFlow import to take effect. oneDNN's
 # CPU kernels speed up the conv models considerably where TF leaves them off.
 # Single-threaded ops with one inter-op thread per core let the independent
-# batch shards of DenoisingVAE run side by side (benchmarks/README.md has
-# the measurements).
+# batch shards of DenoisingVAE run side by side (measurements: README.md, "Speed").
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
@@ -814,8 +818,15 @@ def _dataset(arrays, batch_size, shuffle_seed=None):
 
 
 def default_steps_per_execution(batches_per_epoch):
-    """Steps run per compiled call: many, to amortise Python overhead, but at most an epoch."""
-    return max(1, min(50, batches_per_epoch))
+    """Steps run per compiled call: many, to amortise Python overhead, but at most an epoch.
+
+    Up to 50, preferring a divisor of the epoch's batches from 25 to 50: Keras
+    counts every call as a full one, so a shorter last call would make the
+    progress bar overshoot (650/624).
+    """
+    if batches_per_epoch <= 50:
+        return max(1, batches_per_epoch)
+    return next((steps for steps in range(50, 24, -1) if batches_per_epoch % steps == 0), 50)
 
 
 def train_model(model, x_train, x_val, *, run_dir, epochs=20, batch_size=100, noise_std=0.5,
@@ -994,61 +1005,96 @@ def evaluate(model, x_noisy, x_clean, *, batch_size=500, seed=0, iw_samples=None
     if variational:
         iw_samples = _check_positive_int("iw_samples", iw_samples)
     rng = np.random.default_rng(seed)
-    step = _evaluation_step(model, iw_samples if variational else 0)
-    sums = {}
+    step, iw_step = _evaluation_step(model), _iw_step(model)
+    sums = {"log_likelihood": 0.0} if variational else {}
     for start in range(0, len(x_clean), batch_size):
         noisy = x_noisy[start:start + batch_size]
         clean = x_clean[start:start + batch_size]
-        epsilon = rng.standard_normal((max(iw_samples, 1) + 1 if variational else 1, len(clean),
-                                       model.latent_dim), dtype=np.float32)
-        for name, value in step(noisy, clean, epsilon).items():
+        epsilon = rng.standard_normal((iw_samples + 1 if variational else 1, len(clean), model.latent_dim),
+                                      dtype=np.float32)
+        batch_sums, z_mean, z_log_var = step(noisy, clean, epsilon[0])
+        for name, value in batch_sums.items():
             sums[name] = sums.get(name, 0.0) + float(value)
+        if variational:
+            # The K samples go through the decoder a chunk at a time (memory stays
+            # bounded); log-sum-exps of chunks combine exactly into the whole one.
+            chunk = max(1, IW_DECODES_PER_CALL // len(clean))
+            parts = [np.asarray(iw_step(z_mean, z_log_var, clean, epsilon[1 + first:1 + first + chunk]), np.float64)
+                     for first in range(0, iw_samples, chunk)]
+            sums["log_likelihood"] += float(np.sum(np.logaddexp.reduce(parts, axis=0) - math.log(iw_samples)))
     count = len(x_clean)
     results = {name: value / count for name, value in sums.items()}
     results["loss"] = results["reconstruction"] + (model.beta * results["kl"] if variational else 0.0)
     if variational:
         results["iw_samples"] = iw_samples
-    else:
-        del results["kl"], results["log_likelihood"]
     order = ("loss", "reconstruction", "kl", "accuracy", "psnr_noisy", "psnr_reconstructed",
              "ssim_noisy", "ssim_reconstructed", "log_likelihood", "iw_samples")
     return {name: results[name] for name in order if name in results}
 
 
 def default_iw_samples(model):
-    """K for the likelihood estimate: 100, or 20 for arch3 whose conv decoder is slow on CPU."""
-    return 20 if model.architecture == "arch3" else 100
+    """K for the likelihood estimate: 100 for every model.
+
+    The estimate is a lower bound that tightens as K grows (Burda et al. 2016,
+    theorem 1), so one K for all models keeps their estimates comparable.
+    """
+    return 100
 
 
-def _evaluation_step(model, iw_samples):
-    """A compiled function: (noisy, clean, epsilon) batch -> sums of every per-image metric.
+IW_DECODES_PER_CALL = 10_000  # images decoded at once by the likelihood estimate
 
-    ``epsilon[0]`` (B, D) draws the z of the loss terms; ``epsilon[1:]`` the
-    K importance samples. For ``ae``, ``kl`` and ``log_likelihood`` are 0.
+
+def _evaluation_step(model):
+    """A compiled function: (noisy, clean, epsilon) batch -> (sums of every per-image
+    metric but the likelihood, z_mean, z_log_var), epsilon (B, D) drawing the z
+    of the loss terms. For ``ae``, z_log_var is None and there is no ``kl``.
     """
 
     @tf.function(reduce_retracing=True)
     def step(noisy, clean, epsilon):
+        per_image = {}
+        z_log_var = None
         if model.variational:
             z_mean, z_log_var = model.moments(noisy)
-            sampled = model.decode(z_mean + ops.exp(0.5 * z_log_var) * epsilon[0], training=False)
+            sampled = model.decode(z_mean + ops.exp(0.5 * z_log_var) * epsilon, training=False)
             deterministic = model.decode(z_mean, training=False)
-            kl = kl_divergence(z_mean, z_log_var)
-            log_likelihood = _iw_log_likelihood(model, z_mean, z_log_var, clean, epsilon[1:])
+            per_image["kl"] = kl_divergence(z_mean, z_log_var)
         else:
-            sampled = deterministic = model.decode(model.moments(noisy), training=False)
-            kl = log_likelihood = ops.zeros((ops.shape(clean)[0],))
-        per_image = {
+            z_mean = model.moments(noisy)
+            sampled = deterministic = model.decode(z_mean, training=False)
+        per_image.update({
             "reconstruction": reconstruction_loss(clean, sampled),
-            "kl": kl,
             "accuracy": pixel_accuracy(clean, sampled),
             "psnr_noisy": _psnr(clean, noisy),
             "psnr_reconstructed": _psnr(clean, deterministic),
             "ssim_noisy": tf.image.ssim(clean, noisy, max_val=1.0),
             "ssim_reconstructed": tf.image.ssim(clean, deterministic, max_val=1.0),
-            "log_likelihood": log_likelihood,
-        }
-        return {name: ops.sum(ops.cast(value, "float64")) for name, value in per_image.items()}
+        })
+        sums = {name: ops.sum(ops.cast(value, "float64")) for name, value in per_image.items()}
+        return sums, z_mean, z_log_var
+
+    return step
+
+
+def _iw_step(model):
+    """A compiled function: (z_mean, z_log_var, clean, epsilon (K, B, D)) -> (B,)
+    log sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k = mean + std * epsilon[k]
+    (Burda et al. 2016, eq. 8, before dividing by K)."""
+
+    @tf.function(reduce_retracing=True)
+    def step(z_mean, z_log_var, clean, epsilon):
+        samples = ops.shape(epsilon)[0]
+        batch = ops.shape(z_mean)[0]
+        z = z_mean[None] + ops.exp(0.5 * z_log_var)[None] * epsilon  # (K, B, D)
+        log_two_pi = math.log(2 * math.pi)
+        # Gaussian log densities summed over latent dimensions: (K, B).
+        log_prior = -0.5 * ops.sum(ops.square(z) + log_two_pi, axis=-1)
+        log_posterior = -0.5 * ops.sum(ops.square(epsilon) + log_two_pi + z_log_var[None], axis=-1)
+        decoded = model.decode(ops.reshape(z, (-1, model.latent_dim)), training=False)
+        predicted = ops.clip(ops.reshape(decoded, (samples, batch, PIXELS)), 1e-7, 1 - 1e-7)
+        target = ops.reshape(clean, (1, batch, PIXELS))
+        log_likelihood = ops.sum(target * ops.log(predicted) + (1 - target) * ops.log(1 - predicted), axis=-1)
+        return ops.logsumexp(log_likelihood + log_prior - log_posterior, axis=0)
 
     return step
 
@@ -1067,23 +1113,3 @@ def _psnr(clean, other):
     """:func:`psnr` inside a compiled step: (B, 28, 28, 1) tensors -> (B,)."""
     mse = ops.mean(ops.square(ops.reshape(clean - other, (-1, PIXELS))), axis=1)
     return 10.0 * ops.log(1.0 / ops.maximum(mse, 1e-10)) / math.log(10.0)
-
-
-def _iw_log_likelihood(model, z_mean, z_log_var, clean, epsilon):
-    """log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x) per image (B,), z_k = mean + std * epsilon[k].
-
-    Burda et al. 2016, eq. 8; epsilon: (K, B, D) standard normal draws.
-    """
-    samples = ops.shape(epsilon)[0]
-    batch = ops.shape(z_mean)[0]
-    z = z_mean[None] + ops.exp(0.5 * z_log_var)[None] * epsilon  # (K, B, D)
-    log_two_pi = math.log(2 * math.pi)
-    # Gaussian log densities summed over latent dimensions: (K, B).
-    log_prior = -0.5 * ops.sum(ops.square(z) + log_two_pi, axis=-1)
-    log_posterior = -0.5 * ops.sum(ops.square(epsilon) + log_two_pi + z_log_var[None], axis=-1)
-    decoded = model.decode(ops.reshape(z, (-1, model.latent_dim)), training=False)
-    predicted = ops.clip(ops.reshape(decoded, (samples, batch, PIXELS)), 1e-7, 1 - 1e-7)
-    target = ops.reshape(clean, (1, batch, PIXELS))
-    log_likelihood = ops.sum(target * ops.log(predicted) + (1 - target) * ops.log(1 - predicted), axis=-1)
-    log_weights = log_likelihood + log_prior - log_posterior
-    return ops.logsumexp(log_weights, axis=0) - ops.log(ops.cast(samples, "float32"))

@@ -241,6 +241,17 @@ def test_evaluate_is_deterministic_and_batch_independent(letters):
         assert other[name] == pytest.approx(first[name], rel=1e-5)
 
 
+def test_likelihood_estimate_does_not_depend_on_the_decoding_chunks(letters, monkeypatch):
+    _, x_val = letters
+    noisy = data_prepro.noise_addition(x_val[:60], 0.5, seed=0)
+    model = models.build_model("arch3", seed=0)
+    whole = models.evaluate(model, noisy, x_val[:60], batch_size=30, seed=3, iw_samples=12)
+    monkeypatch.setattr(models, "IW_DECODES_PER_CALL", 150)  # 5 samples per call: chunks of 5, 5 and 2
+    chunked = models.evaluate(model, noisy, x_val[:60], batch_size=30, seed=3, iw_samples=12)
+    assert chunked["log_likelihood"] == pytest.approx(whole["log_likelihood"], rel=1e-6)
+    assert chunked["loss"] == whole["loss"]
+
+
 def test_evaluate_ae_has_no_kl_or_likelihood(letters):
     _, x_val = letters
     noisy = data_prepro.noise_addition(x_val, 0.5, seed=0)
@@ -597,6 +608,11 @@ def test_sharded_vae_losses_cover_every_image_once(letters):
         reconstruction, kl, accuracy = model._sharded_losses(x[:100], x[:100], training=False)
         assert tuple(reconstruction.shape) == (100,) and tuple(accuracy.shape) == (100,)
         np.testing.assert_allclose(np.asarray(kl), np.asarray(whole), rtol=1e-5)
+
+
+@pytest.mark.parametrize("batches, expected", [(1, 1), (26, 26), (50, 50), (104, 26), (624, 48), (521, 50)])
+def test_steps_per_execution_divides_the_epoch_when_it_can(batches, expected):
+    assert models.default_steps_per_execution(batches) == expected
 
 
 def test_numpy_psnr():
