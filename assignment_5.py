@@ -1,6 +1,6 @@
 """The whole study: data, the four models, test metrics, figures and a report.
 
-    python assignment_5.py                 # the default study (about 6.5 min on 2 cores)
+    python assignment_5.py                 # the default study (about 5.5 min on 2 cores)
     python assignment_5.py --quick         # everything on a small subset in about 40 s
     python assignment_5.py --help          # every flag with its default
 

@@ -175,7 +175,7 @@ def upsample_conv(x, conv):
     Each of the four parities (row, column) of the upsampled output is a
     convolution of the small map with taps of ``conv.kernel`` summed where they
     read the same source pixel (the sub-pixel view of upsampling, Shi et al.
-    2016); the four results are interleaved by ``depth_to_space``. Same
+    2016); the four results are interleaved into the larger map. Same
     weights, same function, up to float rounding: the 4x larger upsampled map
     and its gradient are never formed.
 
