@@ -1,7 +1,7 @@
 """The whole study: data, the four models, test metrics, figures and a report.
 
     python assignment_5.py                 # the default study (about 5.5 min on 2 cores)
-    python assignment_5.py --quick         # everything on a small subset in about 40 s
+    python assignment_5.py --quick         # everything on a small subset in about 35 s
     python assignment_5.py --help          # every flag with its default
 
 Everything goes under ``--out``. Each model's results are written as soon as
