@@ -123,6 +123,14 @@ def test_arch3_runs_its_layer_pairs_fused_and_matches_the_models():
         np.testing.assert_allclose(np.asarray(fused), np.asarray(plain), atol=1e-6)
 
 
+def test_a_loaded_model_keeps_its_fused_pairs(tmp_path):
+    model = models.build_model("arch3", seed=0)
+    model.save(tmp_path / "arch3.keras")
+    loaded = models.load_model(tmp_path / "arch3.keras")
+    assert fused_pairs(loaded._decoder_steps) == fused_pairs(model._decoder_steps)
+    assert fused_pairs(loaded._encoder_plan[0]) == fused_pairs(model._encoder_plan[0])
+
+
 @pytest.mark.parametrize("name, encoder_pairs", [("arch1", 2), ("ae", 2), ("arch2", 0)])
 def test_other_models_fuse_only_their_conv_pool_pairs(name, encoder_pairs):
     model = models.build_model(name, seed=0)
