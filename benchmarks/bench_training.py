@@ -7,7 +7,7 @@ Prints one JSON object. Per architecture: seconds per epoch of 62,400 images at
 batch 100 and samples per second (warm-up epoch excluded, best of the
 repeats), for the package's training path and, when the anchor scripts are
 found (and PyTorch is installed for the torch one), for the anchors, run
-alternately in the same session; the ratios; and the training loss after
+alternately in the same run; the ratios; and the training loss after
 the same number of epochs on the same data (the anchors' random binary
 images), to show that the speed does not come from doing less work. Then the
 data-load times: the full synthetic set and a full-size NIST-layout archive,
