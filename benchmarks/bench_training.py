@@ -125,22 +125,48 @@ def load_times():
     return results
 
 
+def choices_list(allowed):
+    """argparse type: a comma-separated list of values from ``allowed``."""
+    def parse(text):
+        values = text.split(",")
+        wrong = [value for value in values if value not in allowed]
+        if wrong or not text:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(allowed)}; "
+                                             f"received {text!r}")
+        return values
+    return parse
+
+
+def at_least(minimum):
+    """argparse type: an integer >= ``minimum``."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}; received {text!r}")
+        return value
+    return parse
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=2, help="alternating rounds per architecture")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per measurement (the first is warm-up)")
-    parser.add_argument("--n", type=int, default=62_400, help="training images per epoch")
-    parser.add_argument("--archs", default="1,2,3")
+    parser.add_argument("--repeats", type=at_least(1), default=2, help="alternating rounds per architecture")
+    parser.add_argument("--epochs", type=at_least(2), default=3,
+                        help="epochs per measurement (the first is warm-up)")
+    parser.add_argument("--n", type=at_least(100), default=62_400, help="training images per epoch")
+    parser.add_argument("--archs", type=choices_list(("1", "2", "3")), default="1,2,3")
     parser.add_argument("--anchors", default=str(DEFAULT_ANCHORS), help="folder of keras_anchor.py, torch_anchor.py")
-    parser.add_argument("--precisions", default="auto",
+    parser.add_argument("--precisions", type=choices_list(("auto", "float32", "mixed_bfloat16")), default="auto",
                         help="comma-separated precisions of the package to measure (auto, float32, mixed_bfloat16)")
-    parser.add_argument("--noise", default="fixed,fresh",
+    parser.add_argument("--noise", type=choices_list(("fixed", "fresh")), default="fixed,fresh",
                         help="noise modes of the package to measure: fixed (one noisy copy, as the anchors), "
                              "fresh (new noise every step)")
     parser.add_argument("--skip-load", action="store_true", help="skip the data-load measurements")
     args = parser.parse_args(argv)
     anchors = Path(args.anchors)
-    precisions, noises = args.precisions.split(","), args.noise.split(",")
+    precisions, noises = args.precisions, args.noise
     runners = {}
     for precision in precisions:  # "ours" is the first of each list, the others are named by what differs
         for noise in noises:
@@ -153,7 +179,7 @@ def main(argv=None):
         runners["torch"] = lambda a: anchor(anchors / "torch_anchor.py", a, args.n, args.epochs)
     report = {"n": args.n, "batch_size": 100, "repeats": args.repeats, "cpu_count": os.cpu_count(),
               "architectures": {}}
-    for arch in (int(a) for a in args.archs.split(",")):
+    for arch in (int(a) for a in args.archs):
         runs = {name: [] for name in runners}
         for _ in range(args.repeats):
             for name, run in runners.items():  # alternate, so slow spells hit every runner alike

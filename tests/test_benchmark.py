@@ -38,3 +38,18 @@ def test_benchmark_reports_ours_variants_and_ratios(tmp_path, capsys):
 def test_failing_runner_is_reported_not_raised(tmp_path, capsys):
     (tmp_path / "keras_anchor.py").write_text("raise SystemExit('anchor broke')\n")
     assert bench_training.anchor(tmp_path / "keras_anchor.py", 1, 200, 2) == {"error": "anchor broke"}
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--noise", "fixd"], "--noise: expected a comma-separated list of fixed, fresh; received 'fixd'"),
+    (["--precisions", "float16"], "--precisions: expected a comma-separated list of auto, float32, mixed_bfloat16"),
+    (["--archs", "1,4"], "--archs: expected a comma-separated list of 1, 2, 3; received '1,4'"),
+    (["--epochs", "1"], "--epochs: expected an integer >= 2; received '1'"),
+    (["--repeats", "x"], "--repeats: expected an integer >= 1; received 'x'"),
+    (["--n", "50"], "--n: expected an integer >= 100; received '50'"),
+])
+def test_bad_flags_are_refused_with_one_line(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_training.main(flags)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
