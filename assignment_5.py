@@ -197,10 +197,14 @@ def run_study(config: StudyConfig, out: Path, verbose="auto"):
     loaded = data_prepro.input_read(config.data, train_size=config.train_size, test_size=config.test_size,
                                     seed=config.seed)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import models  # TensorFlow starts here, once the flags, folder and data are known to be good
+    # TensorFlow starts here, once the flags, folder and data are known to be good.
+    import evaluation
+    import models
     import plots
+    import tensorflow as tf
+    import training
 
-    models.tf.get_logger().setLevel("ERROR")  # retracing notices of the evaluation steps
+    tf.get_logger().setLevel("ERROR")  # retracing notices of the evaluation steps
     (x_train, y_train), (x_test, y_test) = loaded
     source = loaded.source
     progress(f"data: {source.describe()}; {len(x_train)} train and {len(x_test)} test images")
@@ -228,20 +232,20 @@ def run_study(config: StudyConfig, out: Path, verbose="auto"):
                                    precision=config.precision)
         progress(f"{name}: training {config.epochs} epochs ({models.precision_of(model)}, "
                  f"{models.parameter_counts(model)['total']:,} parameters)")
-        training = models.train_model(model, x_train, x_test, run_dir=out / "checkpoints" / name,
+        fitted = training.train_model(model, x_train, x_test, run_dir=out / "checkpoints" / name,
                                       epochs=config.epochs, batch_size=config.batch_size,
                                       noise_std=config.noise_std, seed=config.seed + index,
                                       learning_rate=config.learning_rate, verbose=verbose)
-        model = training.model
-        if training.resumed_from:
-            progress(f"{name}: resumed after epoch {training.resumed_from}")
-        progress(f"{name}: trained in {training.train_seconds:.1f} s; evaluating")
-        test = models.evaluate(model, x_test_noisy, x_test, seed=config.seed)
+        model = fitted.model
+        if fitted.resumed_from:
+            progress(f"{name}: resumed after epoch {fitted.resumed_from}")
+        progress(f"{name}: trained in {fitted.train_seconds:.1f} s; evaluating")
+        test = evaluation.evaluate(model, x_test_noisy, x_test, seed=config.seed)
         model.save(final_path)
         results["models"][name] = {
             "params": models.parameter_counts(model), "precision": models.precision_of(model),
-            "epochs": training.epochs, "train_seconds": round(training.train_seconds, 2),
-            "history": training.history, "test": test}
+            "epochs": fitted.epochs, "train_seconds": round(fitted.train_seconds, 2),
+            "history": fitted.history, "test": test}
         write_json(results_path, results)
         trained[name] = model
         progress(f"{name}: test loss {test['loss']:.2f}, PSNR {test['psnr_noisy']:.2f} -> "
@@ -249,7 +253,7 @@ def run_study(config: StudyConfig, out: Path, verbose="auto"):
 
     progress("figures")
     finished = {name: results["models"][name] for name in config.models}
-    figures = make_figures(out, config, trained, finished, x_test, y_test, x_test_noisy, models, plots)
+    figures = make_figures(out, config, trained, finished, x_test, y_test, x_test_noisy, evaluation, plots)
     results["figures"] = figures
     results["total_seconds"] = round(results.get("total_seconds", 0.0) + progress.elapsed(), 1)
     write_json(results_path, results)
@@ -258,7 +262,7 @@ def run_study(config: StudyConfig, out: Path, verbose="auto"):
     return results
 
 
-def make_figures(out, config, trained, finished, x_test, y_test, x_test_noisy, models, plots):
+def make_figures(out, config, trained, finished, x_test, y_test, x_test_noisy, evaluation, plots):
     """Every figure as PNG under ``out``; returns ``{key: file name}``."""
     figures = {"learning_curves": "learning_curves.png"}
     plots.plot_learning_curves({name: finished[name]["history"] for name in trained},
@@ -269,21 +273,21 @@ def make_figures(out, config, trained, finished, x_test, y_test, x_test_noisy, m
     noisy_levels = [data_prepro.noise_addition(x_test[:robustness_count], float(std), seed=config.seed + 11)
                     for std in ROBUSTNESS_STDS]
     clean = x_test[:robustness_count]
-    robustness["noisy"] = [float(np.mean(models.psnr(clean, noisy))) for noisy in noisy_levels]
+    robustness["noisy"] = [float(np.mean(evaluation.psnr(clean, noisy))) for noisy in noisy_levels]
     for name, model in trained.items():
-        reconstructed = models.reconstruct(model, x_test_noisy[chosen])
+        reconstructed = evaluation.reconstruct(model, x_test_noisy[chosen])
         figures[f"reconstructions_{name}"] = f"reconstructions_{name}.png"
         plots.plot_reconstructions(x_test[chosen], x_test_noisy[chosen], reconstructed, y_test[chosen],
                                    title=name, path=out / figures[f"reconstructions_{name}"])
         if model.variational:
             figures[f"latent_sweep_{name}"] = f"latent_sweep_{name}.png"
-            plots.plot_latent_sweep(lambda z, m=model: models.decode(m, z), model.latent_dim, n=15,
+            plots.plot_latent_sweep(lambda z, m=model: evaluation.decode(m, z), model.latent_dim, n=15,
                                     title=f"{name}: decoded latent grid", path=out / figures[f"latent_sweep_{name}"])
         figures[f"latent_map_{name}"] = f"latent_map_{name}.png"
-        plots.plot_latent_map(models.encode_mean(model, x_test_noisy), y_test,
+        plots.plot_latent_map(evaluation.encode_mean(model, x_test_noisy), y_test,
                               title=f"{name}: test set in latent space",
                               path=out / figures[f"latent_map_{name}"])
-        robustness[name] = [float(np.mean(models.psnr(clean, models.reconstruct(model, noisy))))
+        robustness[name] = [float(np.mean(evaluation.psnr(clean, evaluation.reconstruct(model, noisy))))
                             for noisy in noisy_levels]
     figures["comparison"] = "comparison.png"
     plots.plot_comparison({name: finished[name]["test"] for name in trained}, robustness,
@@ -376,7 +380,7 @@ def main(argv=None) -> int:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"assignment_5.py: error: {message}", file=sys.stderr)
         return 2
-    except FloatingPointError as error:  # models.NonFiniteLossError: training diverged
+    except FloatingPointError as error:  # training.NonFiniteLossError: training diverged
         print(f"assignment_5.py: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

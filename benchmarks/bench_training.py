@@ -49,25 +49,25 @@ def ours(arch, n, epochs, precision="auto", noise="fixed"):
     code = f"""
 import json, sys, time
 sys.path.insert(0, {str(REPO)!r})
-import numpy as np, models, keras
+import numpy as np, fastpath, models, training, keras, tensorflow as tf
 rng = np.random.default_rng(0)
 x = (rng.random(({n}, 28, 28, 1)) > 0.8).astype("float32")   # the anchors' data
 model = models.build_model("arch{arch}", seed=0, precision={precision!r})
-model.compile(optimizer=models.FusedAdam(1e-3),               # as models.train_model does
-              steps_per_execution=models.default_steps_per_execution({n} // 100))
+model.compile(optimizer=fastpath.FusedAdam(1e-3),             # as training.train_model does
+              steps_per_execution=training.default_steps_per_execution({n} // 100))
 if {noise!r} == "fresh":
     model.train_noise_std = 0.5                               # fresh noise inside the step
-    model.resident_data = models.ResidentData(x)              # as models.train_model does
+    model.resident_data = training.ResidentData(x)            # as training.train_model does
 else:                                                         # the anchors' noisy copy
     noisy = np.clip(x + rng.normal(0, 0.5, x.shape).astype("float32"), 0, 1)
-    model.resident_data = models.ResidentData(noisy, x)
-data = models.index_dataset({n}, 100, shuffle_seed=0)
+    model.resident_data = training.ResidentData(noisy, x)
+data = training.index_dataset({n}, 100, shuffle_seed=0)
 times = []
 class Timer(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None): self.start = time.perf_counter()
     def on_epoch_end(self, epoch, logs=None): times.append(time.perf_counter() - self.start)
 history = model.fit(data, epochs={epochs}, verbose=0, shuffle=False, callbacks=[Timer()])
-device = "GPU" if models.tf.config.list_physical_devices("GPU") else "CPU"
+device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
 print(json.dumps({{"seconds_per_epoch": sum(times[1:]) / len(times[1:]), "epochs": times, "shards": model.shards,
                   "precision": models.precision_of(model), "device": device,
                   "final_loss": history.history["loss"][-1]}}))
@@ -96,6 +96,7 @@ def load_times():
     import numpy as np
 
     import data_prepro
+    import synthetic_letters
 
     results = {}
     with tempfile.TemporaryDirectory() as folder:
@@ -109,7 +110,7 @@ def load_times():
         with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zipped:
             for usage, count in (("train", 112_800), ("test", 18_800)):
                 labels = np.repeat(np.arange(47, dtype=np.uint8), count // 47)
-                images = data_prepro.synthetic_letters(labels % 26, (9, count))
+                images = synthetic_letters.synthetic_letters(labels % 26, (9, count))
                 header = bytes([0, 0, 8, 3]) + b"".join(int(d).to_bytes(4, "big") for d in images.shape)
                 zipped.writestr(f"gzip/emnist-balanced-{usage}-images-idx3-ubyte.gz",
                                 gzip.compress(header + images.tobytes(), compresslevel=6))

@@ -80,3 +80,26 @@ def tiny_zip(tmp_path):
     """``(path, splits)``: a small NIST-layout gzip.zip with digits, capitals and lower case."""
     splits = tiny_splits()
     return write_nist_zip(tmp_path / "gzip.zip", splits), splits
+
+
+EXPECTED_PARAMS = {
+    "arch1": {"encoder": 2_892, "decoder": 334_352, "total": 337_244},
+    "arch2": {"encoder": 403_972, "decoder": 403_728, "total": 807_700},
+    "arch3": {"encoder": 2_420, "decoder": 2_865, "total": 5_285},
+    "ae": {"encoder": 2_106, "decoder": 334_352, "total": 336_458},
+}
+
+
+def weights_of(model):
+    """A model's weights as a list of numpy arrays."""
+    return [np.array(w) for w in model.get_weights()]
+
+
+def numpy_reconstruction(clean, predicted):
+    p = np.clip(predicted.reshape(len(predicted), -1).astype(np.float64), 1e-7, 1 - 1e-7)
+    c = clean.reshape(len(clean), -1).astype(np.float64)
+    return -(c * np.log(p) + (1 - c) * np.log(1 - p)).sum(1)
+
+
+def numpy_kl(mean, log_var):
+    return -0.5 * (1 + log_var - mean ** 2 - np.exp(log_var)).sum(1)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import data_prepro
+import synthetic_letters
 from conftest import SAMPLE_ZIP, closed_port_url, idx_bytes, tiny_splits, write_nist_zip
 
 IMAGES = "gzip/emnist-balanced-train-images-idx3-ubyte.gz"
@@ -308,7 +309,7 @@ def test_synthetic_shapes_balance_determinism(tmp_path):
 
 def test_synthetic_letters_are_framed_like_emnist():
     labels = np.arange(26 * 8) % 26
-    images = data_prepro.synthetic_letters(labels, 0)
+    images = synthetic_letters.synthetic_letters(labels, 0)
     ink = images > 64
     rows, cols = ink.any(2), ink.any(1)
     height = 28 - np.argmax(rows[:, ::-1], 1) - np.argmax(rows, 1)
@@ -391,7 +392,7 @@ def test_real_sample_loads_upright_capitals(tmp_path):
     assert set(np.unique(y)) == set(range(26))
     # Upright: each letter's mean image correlates with the (upright by
     # construction) synthetic letter better than its transpose does.
-    synthetic = data_prepro.synthetic_letters(np.repeat(np.arange(26), 40), 0).astype(np.float32)
+    synthetic = synthetic_letters.synthetic_letters(np.repeat(np.arange(26), 40), 0).astype(np.float32)
     better = 0
     for letter in range(26):
         real_mean = x[y == letter, ..., 0].mean(0).ravel()
@@ -399,3 +400,9 @@ def test_real_sample_loads_upright_capitals(tmp_path):
         template = synthetic[letter * 40:(letter + 1) * 40].mean(0).ravel()
         better += np.corrcoef(real_mean, template)[0, 1] > np.corrcoef(real_transposed, template)[0, 1]
     assert better >= 20
+
+
+def test_synthetic_generator_agrees_with_the_data_constants():
+    # synthetic_letters restates the alphabet and image side, since data_prepro imports it.
+    assert synthetic_letters.LETTERS == data_prepro.LETTERS
+    assert synthetic_letters.IMAGE_SIZE == data_prepro.IMAGE_SIZE

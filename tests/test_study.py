@@ -148,13 +148,14 @@ def test_rerun_skips_finished_models(quick_run, capsys):
 
 def test_resume_after_interruption(tmp_path, capsys):
     import models
+    import training
 
     out = tmp_path / "run"
     assert assignment_5.main(SMALL + ["--models", "arch2", "--out", str(out)]) == 0
     # As if a run with ae had been killed after ae's checkpoint but before its results were written.
     (x, _), (xt, _) = data_prepro.input_read("synthetic", train_size=260, test_size=52, seed=0)
     model = models.build_model("ae", seed=1, precision="auto")  # seed = --seed + position in --models
-    models.train_model(model, x, xt, run_dir=out / "checkpoints" / "ae", epochs=1, seed=1, verbose=0)
+    training.train_model(model, x, xt, run_dir=out / "checkpoints" / "ae", epochs=1, seed=1, verbose=0)
     capsys.readouterr()
     assert assignment_5.main(SMALL[:-1] + ["2", "--models", "arch2,ae", "--out", str(out)]) == 2
     assert "holds a run made with epochs=1, not 2" in capsys.readouterr().err
@@ -167,14 +168,15 @@ def test_resume_after_interruption(tmp_path, capsys):
 
 def test_resume_continues_an_interrupted_model(tmp_path, capsys):
     import models
+    import training
 
     out = tmp_path / "run"
     (x, _), (xt, _) = data_prepro.input_read("synthetic", train_size=260, test_size=52, seed=0)
     args = ["--data", "synthetic", "--train-size", "260", "--test-size", "52", "--epochs", "3", "--models", "ae"]
     # The first launch was killed after epoch 2 of 3: its checkpoint and config are on disk.
     assignment_5.prepare_out(out, assignment_5.config_from_args(*assignment_5.parse_args(args + ["--out", str(out)])))
-    models.train_model(models.build_model("ae", seed=0, precision="auto"), x, xt,
-                       run_dir=out / "checkpoints" / "ae", epochs=2, seed=0, verbose=0)
+    training.train_model(models.build_model("ae", seed=0, precision="auto"), x, xt,
+                         run_dir=out / "checkpoints" / "ae", epochs=2, seed=0, verbose=0)
     capsys.readouterr()
     assert assignment_5.main(args + ["--out", str(out)]) == 0
     assert "ae: resumed after epoch 2" in capsys.readouterr().out

@@ -1,0 +1,188 @@
+"""Evaluation: test metrics of a trained model, and its encoder and decoder applied to arrays.
+
+* :func:`evaluate`: test loss, reconstruction, KL and pixel accuracy as in
+  training; PSNR and SSIM of the noisy input and of the reconstruction; an
+  importance-weighted estimate of log p(x) (Burda et al. 2016), all in
+  batches of bounded memory.
+* :func:`encode_mean`, :func:`reconstruct`, :func:`decode`: numpy in, numpy out.
+* :func:`psnr` of numpy arrays.
+
+Metrics are computed in float32 whatever precision the model trained in.
+Nothing here trains, plots or writes files.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from data_prepro import as_model_input, check_images, check_pair, check_positive_int
+from models import PIXELS, as_float32, kl_divergence, pixel_accuracy, reconstruction_loss
+
+
+def encode_mean(model, x, batch_size=1000):
+    """Encoder means (VAE) or codes (AE) of images x: float32 (N, latent_dim)."""
+    x = as_model_input(check_images(x, "x"))
+    encoded = model.encoder.predict(x, batch_size=batch_size, verbose=0)
+    return np.asarray(encoded[0] if model.variational else encoded, dtype=np.float32)
+
+
+def reconstruct(model, x, batch_size=1000):
+    """Deterministic reconstructions decoder(encoder mean): float32 (N, 28, 28, 1) in (0, 1)."""
+    z = encode_mean(model, x, batch_size)
+    return decode(model, z, batch_size)
+
+
+def decode(model, z, batch_size=1000):
+    """Decode latent points z (N, latent_dim) into float32 images (N, 28, 28, 1)."""
+    z = np.asarray(z, dtype=np.float32)
+    if z.ndim != 2 or z.shape[1] != model.latent_dim:
+        raise ValueError(f"Expected z of shape (N, {model.latent_dim}). Received: z.shape={z.shape}")
+    return np.asarray(model.decoder.predict(z, batch_size=batch_size, verbose=0), dtype=np.float32)
+
+
+def evaluate(model, x_noisy, x_clean, *, batch_size=500, seed=0, iw_samples=None):
+    """Test metrics of a model on (noisy, clean) pairs, computed in batches.
+
+    ``loss``, ``reconstruction`` and ``kl`` (nats per image) and ``accuracy``
+    are computed exactly as in training, with z sampled from q(z | noisy)
+    (seeded, so deterministic). PSNR and SSIM (against the clean image)
+    compare the noisy input and the deterministic reconstruction
+    decoder(encoder mean) that the figures show.
+
+    Computed in float32 even for a model trained in mixed precision.
+
+    For VAEs, ``log_likelihood`` estimates log p(x_clean) in nats with K
+    importance samples from q(z | x_noisy) (Burda et al. 2016, eq. 8):
+    log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), with p(x|z) the Bernoulli
+    likelihood of the grey levels (the negative reconstruction loss) and
+    p(z) = N(0, I). For ``ae``, ``kl`` and ``log_likelihood`` are absent.
+
+    Args:
+        x_noisy, x_clean: (N, 28, 28[, 1]) in [0, 1], same N.
+        batch_size: images per batch (bounds memory).
+        seed: seed of the sampled z.
+        iw_samples: K; default :func:`default_iw_samples` for the model.
+
+    Returns:
+        dict of floats; ``iw_samples`` says which K was used.
+    """
+    x_noisy, x_clean = check_pair(x_noisy, x_clean)
+    batch_size = check_positive_int("batch_size", batch_size)
+    model = as_float32(model)  # metrics in full precision whatever the training precision
+    variational = model.variational
+    if iw_samples is None:
+        iw_samples = default_iw_samples(model)
+    if variational:
+        iw_samples = check_positive_int("iw_samples", iw_samples)
+    rng = np.random.default_rng(seed)
+    step, iw_step = _evaluation_step(model), _iw_step(model)
+    sums = {"log_likelihood": 0.0} if variational else {}
+    for start in range(0, len(x_clean), batch_size):
+        noisy = x_noisy[start:start + batch_size]
+        clean = x_clean[start:start + batch_size]
+        epsilon = rng.standard_normal((iw_samples + 1 if variational else 1, len(clean), model.latent_dim),
+                                      dtype=np.float32)
+        batch_sums, z_mean, z_log_var = step(noisy, clean, epsilon[0])
+        for name, value in batch_sums.items():
+            sums[name] = sums.get(name, 0.0) + float(value)
+        if variational:
+            # The K samples go through the decoder a chunk at a time (memory stays
+            # bounded); log-sum-exps of chunks combine exactly into the whole one.
+            chunk = max(1, IW_DECODES_PER_CALL // len(clean))
+            parts = [np.asarray(iw_step(z_mean, z_log_var, clean, epsilon[1 + first:1 + first + chunk]), np.float64)
+                     for first in range(0, iw_samples, chunk)]
+            sums["log_likelihood"] += float(np.sum(np.logaddexp.reduce(parts, axis=0) - math.log(iw_samples)))
+    count = len(x_clean)
+    results = {name: value / count for name, value in sums.items()}
+    results["loss"] = results["reconstruction"] + (model.beta * results["kl"] if variational else 0.0)
+    if variational:
+        results["iw_samples"] = iw_samples
+    order = ("loss", "reconstruction", "kl", "accuracy", "psnr_noisy", "psnr_reconstructed",
+             "ssim_noisy", "ssim_reconstructed", "log_likelihood", "iw_samples")
+    return {name: results[name] for name in order if name in results}
+
+
+def default_iw_samples(model):
+    """K for the likelihood estimate: 100 for every model.
+
+    The estimate is a lower bound that tightens as K grows (Burda et al. 2016,
+    theorem 1), so one K for all models keeps their estimates comparable.
+    """
+    return 100
+
+
+IW_DECODES_PER_CALL = 10_000  # images decoded at once by the likelihood estimate
+
+
+def _evaluation_step(model):
+    """A compiled function: (noisy, clean, epsilon) batch -> (sums of every per-image
+    metric but the likelihood, z_mean, z_log_var), epsilon (B, D) drawing the z
+    of the loss terms. For ``ae``, z_log_var is None and there is no ``kl``.
+    """
+
+    @tf.function(reduce_retracing=True)
+    def step(noisy, clean, epsilon):
+        per_image = {}
+        z_log_var = None
+        if model.variational:
+            z_mean, z_log_var = model.moments(noisy)
+            sampled = model.decode(z_mean + ops.exp(0.5 * z_log_var) * epsilon, training=False)
+            deterministic = model.decode(z_mean, training=False)
+            per_image["kl"] = kl_divergence(z_mean, z_log_var)
+        else:
+            z_mean = model.moments(noisy)
+            sampled = deterministic = model.decode(z_mean, training=False)
+        per_image.update({
+            "reconstruction": reconstruction_loss(clean, sampled),
+            "accuracy": pixel_accuracy(clean, sampled),
+            "psnr_noisy": _psnr(clean, noisy),
+            "psnr_reconstructed": _psnr(clean, deterministic),
+            "ssim_noisy": tf.image.ssim(clean, noisy, max_val=1.0),
+            "ssim_reconstructed": tf.image.ssim(clean, deterministic, max_val=1.0),
+        })
+        sums = {name: ops.sum(ops.cast(value, "float64")) for name, value in per_image.items()}
+        return sums, z_mean, z_log_var
+
+    return step
+
+
+def _iw_step(model):
+    """A compiled function: (z_mean, z_log_var, clean, epsilon (K, B, D)) -> (B,)
+    log sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k = mean + std * epsilon[k]
+    (Burda et al. 2016, eq. 8, before dividing by K)."""
+
+    @tf.function(reduce_retracing=True)
+    def step(z_mean, z_log_var, clean, epsilon):
+        samples = ops.shape(epsilon)[0]
+        batch = ops.shape(z_mean)[0]
+        z = z_mean[None] + ops.exp(0.5 * z_log_var)[None] * epsilon  # (K, B, D)
+        log_two_pi = math.log(2 * math.pi)
+        # Gaussian log densities summed over latent dimensions: (K, B).
+        log_prior = -0.5 * ops.sum(ops.square(z) + log_two_pi, axis=-1)
+        log_posterior = -0.5 * ops.sum(ops.square(epsilon) + log_two_pi + z_log_var[None], axis=-1)
+        decoded = model.decode(ops.reshape(z, (-1, model.latent_dim)), training=False)
+        predicted = ops.clip(ops.reshape(decoded, (samples, batch, PIXELS)), 1e-7, 1 - 1e-7)
+        target = ops.reshape(clean, (1, batch, PIXELS))
+        log_likelihood = ops.sum(target * ops.log(predicted) + (1 - target) * ops.log(1 - predicted), axis=-1)
+        return ops.logsumexp(log_likelihood + log_prior - log_posterior, axis=0)
+
+    return step
+
+
+def psnr(clean, other):
+    """Peak signal-to-noise ratio per image in dB (peak 1) of numpy arrays (N, ...) -> (N,).
+
+    10 log10(1 / MSE), capped at 100 dB (MSE floored at 1e-10) for equal images.
+    """
+    clean = np.asarray(clean, np.float64).reshape(len(clean), -1)
+    other = np.asarray(other, np.float64).reshape(len(other), -1)
+    return 10 * np.log10(1 / np.maximum(np.mean((clean - other) ** 2, axis=1), 1e-10))
+
+
+def _psnr(clean, other):
+    """:func:`psnr` inside a compiled step: (B, 28, 28, 1) tensors -> (B,)."""
+    mse = ops.mean(ops.square(ops.reshape(clean - other, (-1, PIXELS))), axis=1)
+    return 10.0 * ops.log(1.0 / ops.maximum(mse, 1e-10)) / math.log(10.0)

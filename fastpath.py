@@ -1,0 +1,278 @@
+"""The fast path: the same functions as the report's layers, computed with less work on a CPU.
+
+What it fuses, and how each is proven equal (``tests/test_fastpath.py``):
+
+* **Upsampling + 3x3 convolution** (arch3's decoder), :func:`upsample_conv`:
+  one convolution on the small map per output parity (the sub-pixel view of
+  upsampling, Shi et al. 2016). Tested against ``conv(UpSampling2D(x))``,
+  outputs and gradients, for ``"same"`` and ``"valid"`` padding.
+* **ReLU convolution + max pooling** (the convolutional encoders),
+  :func:`conv_relu_pool`: the ReLU runs after the pooling, on the 4x smaller
+  map (max and ReLU commute). Tested against the two layers with gradients.
+* **Adam** (:class:`FusedAdam`): one ``ResourceApplyAdam`` kernel per
+  variable, the update of ``keras.optimizers.Adam``. Tested against it step by step.
+* **Batch shards** (:func:`default_shards`): a batch split into slices that
+  run on separate cores; the per-image losses are concatenated before the
+  mean, so the gradient is the whole batch's. Tested against one shard.
+* **Precision** (:func:`resolve_precision`): float32 or mixed bfloat16.
+
+:func:`plan_encoder` and :func:`plan_decoder` find those pairs in a functional
+model's layer chain; :func:`run_steps` runs the plan with the model's own
+layers and weights, so nothing is copied and saved files are the plain
+models'. ``models.DenoisingVAE`` uses the plan when there is one and its own
+layers otherwise; tests compare both for every architecture.
+
+This module knows nothing of the study's architectures, training or data.
+Importing it sets, unless already set, ``TF_ENABLE_ONEDNN_OPTS=1``,
+``TF_NUM_INTRAOP_THREADS=1`` and ``TF_NUM_INTEROP_THREADS`` = CPU cores (read
+by TensorFlow when it starts, so this module is imported before TensorFlow),
+and has no other effect.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# These must precede the first TensorFlow import to take effect. oneDNN's
+# CPU kernels speed up the conv models considerably where TF leaves them off.
+# Single-threaded ops with one inter-op thread per core let the independent
+# batch shards of DenoisingVAE run side by side (measurements: README.md, "Speed").
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+os.environ.setdefault("TF_NUM_INTEROP_THREADS", str(os.cpu_count() or 1))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from keras import layers, ops  # noqa: E402
+
+# --------------------------------------------------------------------------
+# Fused layer pairs
+# --------------------------------------------------------------------------
+
+def _phase_taps(padding):
+    """taps[a, r, d] = 1 where tap d of a 3-tap kernel, applied after 2x nearest
+    upsampling, reads source offset r (shifted to start at 0) for output parity a.
+
+    Output row p = 2i + a reads upsampled row p + d - 1 ("same") or p + d
+    ("valid"), which is source row i + floor((a + d - 1) / 2) or i + floor((a + d) / 2).
+    """
+    low = -1 if padding == "same" else 0
+    taps = np.zeros((2, 3 if padding == "same" else 2, 3), np.float32)
+    for parity in range(2):
+        for tap in range(3):
+            taps[parity, (parity + tap + low) // 2 - low, tap] = 1.0
+    return taps
+
+
+_PHASE_TAPS = {padding: _phase_taps(padding) for padding in ("same", "valid")}
+
+
+def _is_upsample_conv(upsampling, conv):
+    """Whether ``conv(upsampling(x))`` is a 2x nearest upsampling then a plain 3x3 convolution."""
+    return (isinstance(upsampling, layers.UpSampling2D) and isinstance(conv, layers.Conv2D)
+            and tuple(upsampling.size) == (2, 2) and upsampling.interpolation == "nearest"
+            and tuple(conv.kernel_size) == (3, 3) and tuple(conv.strides) == (1, 1)
+            and tuple(conv.dilation_rate) == (1, 1) and conv.groups == 1 and conv.padding in _PHASE_TAPS
+            and upsampling.data_format == conv.data_format == "channels_last")
+
+
+def upsample_conv(x, conv):
+    """``conv(UpSampling2D(2)(x))`` computed as one convolution on ``x`` itself.
+
+    Each of the four parities (row, column) of the upsampled output is a
+    convolution of the small map with taps of ``conv.kernel`` summed where they
+    read the same source pixel (the sub-pixel view of upsampling, Shi et al.
+    2016); the four results are interleaved into the larger map. Same
+    weights, same function, up to float rounding: the 4x larger upsampled map
+    and its gradient are never formed.
+
+    Args:
+        x: (B, H, W, C_in) tensor.
+        conv: a built 3x3, stride-1 ``Conv2D`` with ``"same"`` or ``"valid"`` padding.
+
+    Returns:
+        (B, 2H, 2W, C_out) for ``"same"``, (B, 2H - 2, 2W - 2, C_out) for ``"valid"``,
+        in ``conv``'s compute dtype, activation applied.
+    """
+    taps = _PHASE_TAPS[conv.padding]
+    rows = taps.shape[1]
+    channels_in, channels_out = conv.kernel.shape[2], conv.kernel.shape[3]
+    # kernel[r, s, c, (a, b, o)] = sum over taps (y, x) mapped to offsets (r, s) for parities (a, b)
+    kernel = tf.einsum("ary,bsx,yxio->rsiabo", taps, taps, tf.convert_to_tensor(conv.kernel))
+    kernel = tf.reshape(kernel, (rows, rows, channels_in, 4 * channels_out))
+    dtype = conv.compute_dtype
+    y = tf.nn.conv2d(tf.cast(x, dtype), tf.cast(kernel, dtype), 1, conv.padding.upper())
+    # Channel (a * 2 + b) * C_out + o goes to pixel (2i + a, 2j + b), as depth_to_space
+    # does; a reshape and transpose is faster here, its gradient most of all.
+    shape = tf.shape(y)
+    y = tf.reshape(y, (shape[0], shape[1], shape[2], 2, 2, channels_out))
+    y = tf.reshape(tf.transpose(y, (0, 1, 3, 2, 4, 5)), (shape[0], 2 * shape[1], 2 * shape[2], channels_out))
+    if conv.use_bias:
+        y = y + tf.cast(tf.convert_to_tensor(conv.bias), dtype)
+    return conv.activation(y)
+
+
+def _is_conv_relu_pool(conv, pooling):
+    """Whether ``pooling(conv(x))`` is a ReLU convolution then max pooling."""
+    return (isinstance(conv, layers.Conv2D) and isinstance(pooling, layers.MaxPooling2D)
+            and conv.activation is keras.activations.relu)
+
+
+def conv_relu_pool(x, conv, pooling):
+    """``pooling(conv(x))`` for a ReLU convolution and max pooling, the ReLU applied after the pooling.
+
+    Max pooling and ReLU commute (ReLU is non-decreasing, and padded cells
+    never win a max), so outputs and gradients are the same while the ReLU
+    and its gradient run on the 4x smaller pooled map.
+
+    Args:
+        x: (B, H, W, C_in) tensor.
+        conv: a built ``Conv2D`` with ``activation="relu"``.
+        pooling: a ``MaxPooling2D``.
+
+    Returns:
+        the pooled map, in ``conv``'s compute dtype.
+    """
+    dtype = conv.compute_dtype
+    y = conv.convolution_op(tf.cast(x, dtype), tf.cast(tf.convert_to_tensor(conv.kernel), dtype))
+    if conv.use_bias:
+        y = y + tf.cast(tf.convert_to_tensor(conv.bias), dtype)
+    return tf.nn.relu(pooling(y))
+
+
+def _layer_chain(output, start):
+    """The layers leading from tensor ``start`` to tensor ``output`` of a functional
+    model, first to last, when each takes the previous one's output alone; else ``None``."""
+    chain, tensor = [], output
+    while tensor is not start:
+        layer = getattr(getattr(tensor, "_keras_history", None), "operation", None)
+        if not isinstance(layer, layers.Layer) or isinstance(layer, layers.InputLayer):
+            return None
+        try:
+            tensor = layer.input
+        except (AttributeError, ValueError):  # a layer called at several places
+            return None
+        if not isinstance(tensor, keras.KerasTensor):  # several inputs
+            return None
+        chain.append(layer)
+    return chain[::-1]
+
+
+def _fused_steps(chain):
+    """``chain`` as ``(kind, layers)`` steps: ``"upsample_conv"`` and ``"conv_relu_pool"``
+    for the pairs :func:`upsample_conv` and :func:`conv_relu_pool` compute, else ``"layer"``."""
+    steps, index = [], 0
+    while index < len(chain):
+        pair = tuple(chain[index:index + 2])
+        if len(pair) == 2 and _is_upsample_conv(*pair):
+            steps.append(("upsample_conv", pair))
+        elif len(pair) == 2 and _is_conv_relu_pool(*pair):
+            steps.append(("conv_relu_pool", pair))
+        else:
+            pair = pair[:1]
+            steps.append(("layer", pair))
+        index += len(pair)
+    return steps
+
+
+def run_steps(steps, x, training=False):
+    """Run a plan of :func:`plan_encoder` / :func:`plan_decoder` on ``x`` with the layers' own weights."""
+    for kind, pair in steps:
+        if kind == "upsample_conv":
+            x = upsample_conv(x, pair[1])
+        elif kind == "conv_relu_pool":
+            x = conv_relu_pool(x, *pair)
+        else:
+            x = pair[0](x, training=training)
+    return x
+
+
+def plan_encoder(encoder, outputs):
+    """``(steps, heads)``: the fused steps of the encoder's trunk and the layers
+    that each map the trunk's output to one of ``outputs``; ``None`` if the
+    encoder is not shaped so."""
+    heads = [getattr(getattr(t, "_keras_history", None), "operation", None) for t in outputs]
+    try:
+        trunk_output = heads[0].input
+        shared = all(head.input is trunk_output for head in heads)
+    except (AttributeError, ValueError):
+        return None
+    chain = _layer_chain(trunk_output, encoder.inputs[0]) if shared else None
+    return None if chain is None else (_fused_steps(chain), heads)
+
+
+def plan_decoder(decoder):
+    """The fused steps from the decoder's input to its output; ``None`` if it is not a plain chain."""
+    chain = _layer_chain(decoder.outputs[0], decoder.inputs[0])
+    return None if chain is None else _fused_steps(chain)
+
+
+# --------------------------------------------------------------------------
+# The optimizer, batch shards and precision
+# --------------------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="denoising_vae")
+class FusedAdam(keras.optimizers.Adam):
+    """``keras.optimizers.Adam`` with each variable updated by one fused TensorFlow kernel.
+
+    The update is Keras' (Kingma & Ba 2015, Algorithm 1 with epsilon added to
+    sqrt(v)): m += (g - m)(1 - beta_1), v += (g^2 - v)(1 - beta_2),
+    w -= lr sqrt(1 - beta_2^t) / (1 - beta_1^t) * m / (sqrt(v) + epsilon),
+    computed by ``ResourceApplyAdam`` in one pass over each variable instead
+    of about ten separate operations. Same arguments and state as Adam;
+    ``amsgrad`` and sparse gradients fall back to Keras' own update.
+    """
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.amsgrad or isinstance(gradient, tf.IndexedSlices):
+            return super().update_step(gradient, variable, learning_rate)
+        dtype = variable.dtype
+        index = self._get_variable_index(variable)
+        step = ops.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = ops.cast(self.beta_1, dtype), ops.cast(self.beta_2, dtype)
+        tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle, m=self._momentums[index].handle, v=self._velocities[index].handle,
+            beta1_power=ops.power(beta_1, step), beta2_power=ops.power(beta_2, step),
+            lr=ops.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2,
+            epsilon=ops.cast(self.epsilon, dtype), grad=ops.cast(gradient, dtype))
+
+
+def default_shards():
+    """Slices per batch: one per CPU core (at most 4) on a CPU, 1 where a GPU is visible.
+
+    Batch-100 steps of these small models are made of ops too small to keep
+    several cores busy each; independent slices on single-threaded ops do
+    (see ``TF_NUM_INTRAOP_THREADS`` at the top of this module).
+    """
+    if tf.config.list_physical_devices("GPU"):
+        return 1
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+PRECISIONS = ("auto", "float32", "mixed_bfloat16")
+
+
+def resolve_precision(precision="auto"):
+    """``"auto"`` -> ``"mixed_bfloat16"`` on a CPU with native bfloat16 arithmetic
+    (AVX512-BF16 or AMX) and no GPU, else ``"float32"``; other values unchanged.
+
+    Mixed bfloat16 computes layers in bfloat16 and keeps weights, losses and
+    optimizer state in float32 (Kalamkar et al. 2019); the benchmark checks
+    that the loss after the same epochs matches float32 within run-to-run noise.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"Expected precision to be one of {PRECISIONS}. Received: precision={precision!r}")
+    if precision != "auto":
+        return precision
+    if tf.config.list_physical_devices("GPU"):
+        return "float32"
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return "float32"
+    return "mixed_bfloat16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "float32"
+
+

@@ -1,0 +1,228 @@
+"""Synthetic handwriting-like capital letters, the offline stand-in for EMNIST.
+
+:func:`synthetic_letters` renders uint8 (N, 28, 28) letters for labels 0-25
+(A-Z): glyphs of the fonts that ship with matplotlib, also redrawn along
+their skeletons with round pens of several widths, slanted, stretched and
+elastically distorted, then framed as EMNIST was (Cohen et al. 2017).
+
+It needs nothing beyond numpy, scipy and matplotlib, downloads nothing, and
+knows nothing of EMNIST's files, caches or noise (``data_prepro.py``).
+"""
+from __future__ import annotations
+
+import math
+import os
+import string
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+# The alphabet and image side of data_prepro.LETTERS / IMAGE_SIZE, which
+# imports this module (tests/test_data.py checks that they agree).
+LETTERS = string.ascii_uppercase
+IMAGE_SIZE = 28
+
+# Faces of matplotlib's bundled fonts: sans, serif, mono, bold and slanted.
+SYNTHETIC_FONTS = (
+    "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf",
+    "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSansMono-Oblique.ttf",
+    "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf",
+    "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf",
+    "cmss10.ttf", "cmr10.ttf", "cmtt10.ttf",
+)
+_CANVAS = 64          # side of the high-resolution glyph canvas (pixels)
+_FONT_PIXELS = 40     # font size on that canvas
+_PEN_RADII = (1.0, 1.5, 2.2, 3.0)  # pen radius of redrawn strokes, canvas pixels
+_BOX = IMAGE_SIZE - 4  # EMNIST: the glyph fills a 24x24 square inside a 2-pixel border
+
+
+def _thin(binary):
+    """Zhang & Suen (1984) thinning of a batch of binary images (B, H, W) to 1-pixel skeletons."""
+    image = np.pad(binary.astype(np.uint8), ((0, 0), (1, 1), (1, 1)))
+    for _ in range(100):
+        changed = False
+        for step in (0, 1):
+            p = image
+            # Neighbours P2..P9 clockwise from north, as in the paper.
+            n = [p[:, :-2, 1:-1], p[:, :-2, 2:], p[:, 1:-1, 2:], p[:, 2:, 2:],
+                 p[:, 2:, 1:-1], p[:, 2:, :-2], p[:, 1:-1, :-2], p[:, :-2, :-2]]
+            count = sum(v.astype(np.int32) for v in n)
+            transitions = sum(((n[i] == 0) & (n[(i + 1) % 8] == 1)).astype(np.int32) for i in range(8))
+            if step == 0:
+                first, second = n[0] * n[2] * n[4], n[2] * n[4] * n[6]
+            else:
+                first, second = n[0] * n[2] * n[6], n[0] * n[4] * n[6]
+            delete = (p[:, 1:-1, 1:-1] == 1) & (count >= 2) & (count <= 6) & (transitions == 1) \
+                & (first == 0) & (second == 0)
+            if delete.any():
+                image[:, 1:-1, 1:-1][delete] = 0
+                changed = True
+        if not changed:
+            break
+    return image[:, 1:-1, 1:-1].astype(bool)
+
+
+def _glyph_bank():
+    """Every letter in every face, as printed and redrawn with pens, on a 64x64 canvas.
+
+    Handwriting has strokes of even width, so besides each printed glyph the
+    bank holds its skeleton (Zhang & Suen thinning) redrawn with round pens of
+    several radii. Everything is blurred as EMNIST was (sigma 1 pixel).
+
+    Returns ``(bank, hull, letter)``: float32 (G, 64, 64) in [0, 1] with a
+    blank rim; float32 (G, 16, 2) extreme ink points (row, col) along 8
+    directions, for the bounding box of a transformed glyph; int64 (G,)
+    letter index.
+    """
+    import matplotlib
+    from matplotlib import ft2font
+    from scipy import ndimage
+
+    font_dir = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    glyphs, letters = [], []
+    for face in SYNTHETIC_FONTS:
+        font = ft2font.FT2Font(str(font_dir / face))
+        for index, letter in enumerate(LETTERS):
+            font.set_size(_FONT_PIXELS, 72)
+            font.set_text(letter, 0.0)
+            font.draw_glyphs_to_bitmap(antialiased=True)
+            image = np.asarray(font.get_image(), dtype=np.float32) / 255
+            rows, cols = np.nonzero(image > 0.1)
+            image = image[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+            canvas = np.zeros((_CANVAS, _CANVAS), np.float32)
+            top, left = (_CANVAS - image.shape[0]) // 2, (_CANVAS - image.shape[1]) // 2
+            canvas[top:top + image.shape[0], left:left + image.shape[1]] = image
+            glyphs.append(canvas)
+            letters.append(index)
+    glyphs = np.stack(glyphs)
+    # Distance to the skeleton, so that each pen is a threshold of it.
+    skeleton = _thin(glyphs > 0.5)
+    distance = np.stack([ndimage.distance_transform_edt(~s) for s in skeleton]).astype(np.float32)
+    variants = [glyphs] + [np.clip(radius + 0.5 - distance, 0, 1) for radius in _PEN_RADII]
+    bank = ndimage.gaussian_filter(np.concatenate(variants), sigma=(0, 1.0, 1.0)).astype(np.float32)
+    bank /= bank.max(axis=(1, 2), keepdims=True)
+    bank_letters = np.tile(np.asarray(letters, np.int64), len(variants))
+    angles = np.linspace(0, np.pi, 8, endpoint=False)
+    directions = np.stack([np.sin(angles), np.cos(angles)], axis=1)  # (8, 2) as (row, col)
+    hull = np.zeros((len(bank), 16, 2), np.float32)
+    for g, image in enumerate(bank):
+        points = np.argwhere(image > 0.2).astype(np.float32)
+        projections = points @ directions.T
+        hull[g] = np.concatenate([points[projections.argmin(0)], points[projections.argmax(0)]])
+    return bank, hull, bank_letters
+
+
+_BANK = None
+_BANK_LOCK = threading.Lock()
+
+
+def _bank():
+    global _BANK
+    with _BANK_LOCK:
+        if _BANK is None:
+            _BANK = _glyph_bank()
+    return _BANK
+
+
+def _interpolation_matrix(coarse, fine):
+    """(fine, coarse) linear-interpolation weights stretching ``coarse`` knots over ``fine`` pixels."""
+    positions = np.linspace(0, coarse - 1, fine)
+    low = np.minimum(np.floor(positions).astype(int), coarse - 2)
+    frac = positions - low
+    matrix = np.zeros((fine, coarse), np.float32)
+    matrix[np.arange(fine), low] = 1 - frac
+    matrix[np.arange(fine), low + 1] = frac
+    return matrix
+
+
+def synthetic_letters(labels, seed):
+    """Render handwriting-like capitals for ``labels``; uint8 (N, 28, 28) upright.
+
+    ``seed`` is an int or a tuple of ints (``numpy.random.SeedSequence`` entropy).
+
+    Each image: a random face and stroke width from :func:`_glyph_bank`, a
+    random affine map (rotation, shear, aspect ratio), a smooth elastic
+    displacement (Simard et al. 2003), then framed like EMNIST (Cohen et al.
+    2017): cropped to the ink, scaled keeping the aspect ratio so the longer
+    side fills 24 pixels, centred in 28x28. Everything is one bilinear
+    resampling per image, vectorised over the batch.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    bank, hull, bank_letter = _bank()
+    by_letter = [np.flatnonzero(bank_letter == letter) for letter in range(len(LETTERS))]
+    chunks = np.array_split(np.arange(len(labels)), max(1, math.ceil(len(labels) / 4096)))
+    seeds = np.random.SeedSequence(seed).spawn(len(chunks))
+    out = np.empty((len(labels), IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+
+    def render(chunk, chunk_seed):
+        out[chunk] = _render_chunk(labels[chunk], np.random.default_rng(chunk_seed), bank, hull, by_letter)
+
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        list(pool.map(render, chunks, seeds))
+    return out
+
+
+def _render_chunk(labels, rng, bank, hull, by_letter):
+    n = len(labels)
+    picks = rng.integers(0, 1 << 30, n)
+    glyph = np.array([by_letter[letter][pick % len(by_letter[letter])] for letter, pick in zip(labels, picks)])
+    # Affine map canvas -> "paper" acting on (row, col): rotation, slant, aspect change.
+    angle = rng.normal(0, 0.12, n)
+    shear = rng.normal(0.05, 0.22, n)
+    aspect = np.exp(rng.normal(-0.08, 0.15, n))  # width / height; handwriting runs narrow
+    cos, sin = np.cos(angle), np.sin(angle)
+    height, width = 1 / np.sqrt(aspect), np.sqrt(aspect)
+    forward = np.empty((n, 2, 2))
+    forward[:, 0, 0] = cos * height - sin * shear
+    forward[:, 0, 1] = -sin * width
+    forward[:, 1, 0] = sin * height + cos * shear
+    forward[:, 1, 1] = cos * width
+    # Bounding box of the transformed ink, from the glyph's extreme points.
+    centre = bank.shape[1] / 2
+    points = np.matmul(hull[glyph] - centre, forward.transpose(0, 2, 1))  # (n, 16, 2)
+    low, high = points.min(1), points.max(1)
+    box_centre = (low + high) / 2
+    scale = _BOX / np.maximum((high - low).max(1), 1.0)  # output pixels per paper unit
+    # Smooth elastic displacement of the output grid, in output pixels.
+    interp = _interpolation_matrix(4, IMAGE_SIZE)
+    coarse = rng.normal(0, 1, (n, 2, 4, 4)).astype(np.float32) * rng.uniform(0.4, 1.4, (n, 1, 1, 1)).astype(
+        np.float32)
+    displacement = interp @ coarse @ interp.T  # (n, 2, 28, 28)
+    grid = np.arange(IMAGE_SIZE, dtype=np.float32) - (IMAGE_SIZE - 1) / 2
+    inverse = np.linalg.inv(forward).astype(np.float32)
+    offset = (np.einsum("nij,nj->ni", inverse, box_centre) + centre).astype(np.float32)  # (n, 2)
+    inverse /= scale.astype(np.float32)[:, None, None]
+    paper_rows = grid[None, :, None] + displacement[:, 0]  # (n, 28, 28)
+    paper_cols = grid[None, None, :] + displacement[:, 1]
+    rows = inverse[:, 0, 0, None, None] * paper_rows + inverse[:, 0, 1, None, None] * paper_cols \
+        + offset[:, 0, None, None]
+    cols = inverse[:, 1, 0, None, None] * paper_rows + inverse[:, 1, 1, None, None] * paper_cols \
+        + offset[:, 1, None, None]
+    image = _bilinear(bank, glyph, rows, cols)
+    # Ink intensity: EMNIST strokes have saturated cores and edges about a
+    # pixel wide, so stretch the contrast; a few are fainter.
+    image /= np.maximum(image.max(axis=(1, 2), keepdims=True), 1e-6)
+    image = np.clip(image * 1.8 - 0.15, 0, 1) * rng.uniform(0.85, 1.0, (n, 1, 1)).astype(np.float32)
+    return np.rint(image * 255).astype(np.uint8)
+
+
+def _bilinear(bank, glyph, rows, cols):
+    """Sample ``bank[glyph[n]]`` at fractional (rows, cols); zero outside the ink.
+
+    Coordinates are clamped to the canvas, whose 1-pixel rim is always blank
+    (``_glyph_bank`` centres the glyphs with a wide margin), so outside is 0.
+    """
+    side = bank.shape[1]
+    rows = np.clip(rows, 0, side - 1.001)
+    cols = np.clip(cols, 0, side - 1.001)
+    r0 = rows.astype(np.int32)
+    c0 = cols.astype(np.int32)
+    fr = rows - r0
+    fc = cols - c0
+    index = (glyph.astype(np.int64)[:, None, None] * side + r0) * side + c0
+    flat = bank.reshape(-1)
+    top = flat.take(index) * (1 - fc) + flat.take(index + 1) * fc
+    bottom = flat.take(index + side) * (1 - fc) + flat.take(index + side + 1) * fc
+    return top * (1 - fr) + bottom * fr

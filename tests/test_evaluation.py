@@ -1,0 +1,125 @@
+"""evaluation: test metrics against numpy, determinism, the likelihood estimate, float32 metrics."""
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import data_prepro
+import evaluation
+import models
+from conftest import EXPECTED_PARAMS, numpy_kl, numpy_reconstruction
+
+
+@pytest.fixture(scope="module")
+def letters():
+    """Small synthetic train and validation sets, (N, 28, 28, 1) float32."""
+    (x, _), (xt, _) = data_prepro.input_read("synthetic", train_size=300, test_size=100, seed=0,
+                                             cache_dir=os.environ.get("TMPDIR", "/tmp") + "/vae-test-cache")
+    return x, xt
+
+
+def test_evaluate_matches_numpy(letters):
+    _, x_val = letters
+    clean = x_val[:40]
+    noisy = data_prepro.noise_addition(clean, 0.5, seed=0)
+    model = models.build_model("arch2", seed=1)
+    got = evaluation.evaluate(model, noisy, clean, batch_size=40, seed=7, iw_samples=5)
+    epsilon = np.random.default_rng(7).standard_normal((6, 40, 2), dtype=np.float32)
+    mean, log_var, _ = [np.asarray(t) for t in model.encode(noisy)]
+    z = mean + np.exp(0.5 * log_var) * epsilon[0]
+    predicted = np.asarray(model.decoder(z))
+    reconstruction = numpy_reconstruction(clean, predicted)
+    kl = numpy_kl(mean, log_var)
+    assert got["reconstruction"] == pytest.approx(reconstruction.mean(), rel=1e-5)
+    assert got["kl"] == pytest.approx(kl.mean(), rel=1e-5)
+    assert got["loss"] == pytest.approx(reconstruction.mean() + kl.mean(), rel=1e-5)
+    # An untrained decoder puts many pixels near 0.5, where float rounding in
+    # the compiled graph can flip a few: allow 0.1 % of the pixels.
+    assert got["accuracy"] == pytest.approx(((clean > 0.5) == (predicted > 0.5)).mean(), abs=1e-3)
+    deterministic = np.asarray(model.decoder(mean))
+    mse = ((clean - deterministic) ** 2).reshape(40, -1).mean(1)
+    assert got["psnr_reconstructed"] == pytest.approx(np.mean(10 * np.log10(1 / mse)), rel=1e-4)
+    # Importance-weighted log-likelihood (Burda et al. 2016), written out in numpy.
+    zs = mean[None] + np.exp(0.5 * log_var)[None] * epsilon[1:]
+    log_prior = -0.5 * (zs ** 2 + np.log(2 * np.pi)).sum(-1)
+    log_q = -0.5 * (epsilon[1:] ** 2 + np.log(2 * np.pi) + log_var[None]).sum(-1)
+    decoded = np.asarray(model.decoder(zs.reshape(-1, 2))).reshape(5, 40, 28, 28, 1)
+    log_px = np.stack([-numpy_reconstruction(clean, d) for d in decoded])
+    weights = log_px + log_prior - log_q
+    peak = weights.max(0)
+    iw = peak + np.log(np.exp(weights - peak).mean(0))
+    assert got["log_likelihood"] == pytest.approx(iw.mean(), rel=1e-4)
+    assert got["iw_samples"] == 5
+    # The bound is below the reconstruction term's (-ELBO) value.
+    assert got["log_likelihood"] >= -got["loss"] - 5
+
+
+def test_evaluate_is_deterministic_and_batch_independent(letters):
+    _, x_val = letters
+    noisy = data_prepro.noise_addition(x_val, 0.5, seed=0)
+    model = models.build_model("arch3", seed=0)
+    first = evaluation.evaluate(model, noisy, x_val, batch_size=100, seed=3)
+    again = evaluation.evaluate(model, noisy, x_val, batch_size=100, seed=3)
+    assert first == again
+    assert set(first) == {"loss", "reconstruction", "kl", "accuracy", "psnr_noisy", "psnr_reconstructed",
+                          "ssim_noisy", "ssim_reconstructed", "log_likelihood", "iw_samples"}
+    assert first["iw_samples"] == evaluation.default_iw_samples(model)
+    # Deterministic metrics do not depend on how the set is batched.
+    other = evaluation.evaluate(model, noisy, x_val, batch_size=30, seed=3)
+    for name in ("psnr_noisy", "psnr_reconstructed", "ssim_noisy", "ssim_reconstructed"):
+        assert other[name] == pytest.approx(first[name], rel=1e-5)
+
+
+def test_likelihood_estimate_does_not_depend_on_the_decoding_chunks(letters, monkeypatch):
+    _, x_val = letters
+    noisy = data_prepro.noise_addition(x_val[:60], 0.5, seed=0)
+    model = models.build_model("arch3", seed=0)
+    whole = evaluation.evaluate(model, noisy, x_val[:60], batch_size=30, seed=3, iw_samples=12)
+    monkeypatch.setattr(evaluation, "IW_DECODES_PER_CALL", 150)  # 5 samples per call: chunks of 5, 5 and 2
+    chunked = evaluation.evaluate(model, noisy, x_val[:60], batch_size=30, seed=3, iw_samples=12)
+    assert chunked["log_likelihood"] == pytest.approx(whole["log_likelihood"], rel=1e-6)
+    assert chunked["loss"] == whole["loss"]
+
+
+def test_evaluate_ae_has_no_kl_or_likelihood(letters):
+    _, x_val = letters
+    noisy = data_prepro.noise_addition(x_val, 0.5, seed=0)
+    result = evaluation.evaluate(models.build_model("ae", seed=0), noisy, x_val)
+    assert "kl" not in result and "log_likelihood" not in result and "iw_samples" not in result
+    assert result["loss"] == result["reconstruction"]
+
+
+def test_psnr_of_equal_images_is_capped(letters):
+    _, x_val = letters
+    result = evaluation.evaluate(models.build_model("ae", seed=0), x_val[:10], x_val[:10])
+    assert result["psnr_noisy"] == pytest.approx(100.0) and result["ssim_noisy"] == pytest.approx(1.0)
+
+
+def test_noisy_and_clean_of_different_lengths(letters):
+    _, x_val = letters
+    with pytest.raises(ValueError, match=r"Expected x_noisy and x_clean of the same length. Received: 100 and 99"):
+        evaluation.evaluate(models.build_model("ae"), x_val, x_val[:99])
+
+
+def test_mixed_bfloat16_model_counts_saves_and_evaluates_in_float32(tmp_path, letters):
+    _, x_val = letters
+    model = models.build_model("arch3", seed=0, precision="mixed_bfloat16")
+    assert models.precision_of(model) == "mixed_bfloat16"
+    assert models.parameter_counts(model) == EXPECTED_PARAMS["arch3"]
+    assert all(w.dtype == "float32" for w in model.trainable_weights)
+    model.save(tmp_path / "bf16.keras")
+    loaded = keras.models.load_model(tmp_path / "bf16.keras")
+    assert models.precision_of(loaded) == "mixed_bfloat16"
+    twin = models.as_float32(model)
+    assert models.precision_of(twin) == "float32" and models.as_float32(twin) is twin
+    noisy = data_prepro.noise_addition(x_val, 0.5, seed=0)
+    assert evaluation.evaluate(model, noisy, x_val) == evaluation.evaluate(twin, noisy, x_val)
+    # Building it left the global policy alone.
+    assert keras.config.dtype_policy().name == "float32"
+
+
+def test_numpy_psnr():
+    clean = np.zeros((2, 28, 28, 1))
+    assert evaluation.psnr(clean, clean + 0.1) == pytest.approx([20.0, 20.0])
+    assert evaluation.psnr(clean, clean).tolist() == [100.0, 100.0]

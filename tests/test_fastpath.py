@@ -1,0 +1,202 @@
+"""fastpath: each fused computation equals the plain layers, with gradients; FusedAdam, shards, precision."""
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import ops
+
+import data_prepro
+import fastpath
+import models
+from conftest import weights_of
+
+
+@pytest.fixture(scope="module")
+def letters():
+    """Small synthetic train and validation sets, (N, 28, 28, 1) float32."""
+    (x, _), (xt, _) = data_prepro.input_read("synthetic", train_size=300, test_size=100, seed=0,
+                                             cache_dir=os.environ.get("TMPDIR", "/tmp") + "/vae-test-cache")
+    return x, xt
+
+
+@pytest.mark.parametrize("padding, size", [("same", 14), ("valid", 8), ("same", 4)])
+def test_upsample_conv_equals_upsampling_then_conv(padding, size):
+    """The convolution on the small map gives the layers' outputs and gradients."""
+    rng = np.random.default_rng(size)
+    upsampling = keras.layers.UpSampling2D()
+    conv = keras.layers.Conv2D(5, 3, padding=padding, activation="sigmoid")
+    x = tf.constant(rng.normal(size=(3, size, size, 4)).astype(np.float32))
+    conv.build((None, 2 * size, 2 * size, 4))
+    conv.kernel.assign(rng.normal(size=(3, 3, 4, 5)).astype(np.float32))
+    conv.bias.assign(rng.normal(size=(5,)).astype(np.float32))
+    weights = [conv.kernel.value, conv.bias.value]
+    outputs, gradients = [], []
+    for compute in (lambda: conv(upsampling(x)), lambda: fastpath.upsample_conv(x, conv)):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = compute()
+            loss = tf.reduce_sum(y * np.arange(y.shape[-1], dtype=np.float32))
+        outputs.append(np.asarray(y))
+        gradients.append([np.asarray(g) for g in tape.gradient(loss, [x, *weights])])
+    expected_size = 2 * size if padding == "same" else 2 * size - 2
+    assert outputs[1].shape == outputs[0].shape == (3, expected_size, expected_size, 5)
+    np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-5)
+    for fused, plain in zip(gradients[1], gradients[0]):
+        np.testing.assert_allclose(fused, plain, rtol=1e-4, atol=1e-4)
+
+
+def fused_pairs(steps):
+    return [(kind, [layer.name for layer in pair]) for kind, pair in steps if kind != "layer"]
+
+
+def test_arch3_runs_its_layer_pairs_fused_and_matches_the_models():
+    model = models.build_model("arch3", seed=0)
+    assert fused_pairs(model._decoder_steps) == [
+        ("upsample_conv", ["decoder_upsampling1", "decoder_conv2"]),
+        ("upsample_conv", ["decoder_upsampling2", "decoder_conv3"]),
+        ("upsample_conv", ["decoder_upsampling3", "decoder_conv4"])]
+    steps, heads = model._encoder_plan
+    assert fused_pairs(steps) == [("conv_relu_pool", [f"encoder_conv{i}", f"encoder_maxpool{i}"]) for i in (1, 2, 3)]
+    assert [head.name for head in heads] == ["mean", "log_var"]
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(6, 2)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(model.decode(z)), np.asarray(model.decoder(z)), atol=1e-6)
+    x = rng.random((6, 28, 28, 1)).astype(np.float32)
+    fused = model.moments(x)
+    model.fused = False  # the same model, its layers one by one
+    for fused_output, plain in zip(fused, model.moments(x)):
+        np.testing.assert_allclose(np.asarray(fused_output), np.asarray(plain), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(model.decode(z)), np.asarray(model.decoder(z)), atol=0)
+
+
+def test_a_loaded_model_keeps_its_fused_pairs(tmp_path):
+    model = models.build_model("arch3", seed=0)
+    model.save(tmp_path / "arch3.keras")
+    loaded = models.load_model(tmp_path / "arch3.keras")
+    assert fused_pairs(loaded._decoder_steps) == fused_pairs(model._decoder_steps)
+    assert fused_pairs(loaded._encoder_plan[0]) == fused_pairs(model._encoder_plan[0])
+
+
+@pytest.mark.parametrize("name, encoder_pairs", [("arch1", 2), ("ae", 2), ("arch2", 0)])
+def test_other_models_fuse_only_their_conv_pool_pairs(name, encoder_pairs):
+    model = models.build_model(name, seed=0)
+    assert fused_pairs(model._decoder_steps) == []
+    steps, _ = model._encoder_plan
+    assert [kind for kind, _ in fused_pairs(steps)] == ["conv_relu_pool"] * encoder_pairs
+    x = np.random.default_rng(1).random((5, 28, 28, 1)).astype(np.float32)
+    fused, plain = model.moments(x), model._moments(x)
+    for a, b in zip(*(([f] if name == "ae" else f) for f in (fused, plain))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_conv_relu_pool_equals_the_layers_with_gradients():
+    rng = np.random.default_rng(3)
+    conv = keras.layers.Conv2D(6, 3, padding="same", activation="relu")
+    pooling = keras.layers.MaxPooling2D(2, padding="same")
+    x = tf.constant(rng.normal(size=(4, 7, 7, 3)).astype(np.float32))  # odd size: a padded pool
+    conv.build((None, 7, 7, 3))
+    results = []
+    for compute in (lambda: pooling(conv(x)), lambda: fastpath.conv_relu_pool(x, conv, pooling)):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = compute()
+            loss = tf.reduce_sum(y * np.arange(1, 7, dtype=np.float32))
+        results.append([np.asarray(y)] + [np.asarray(g) for g in tape.gradient(loss, [x, conv.kernel.value,
+                                                                                       conv.bias.value])])
+    assert results[1][0].shape == (4, 4, 4, 6)
+    for fused, plain in zip(*results):
+        np.testing.assert_allclose(fused, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_adam_follows_keras_adam():
+    rng = np.random.default_rng(0)
+    start = [rng.normal(size=(30, 7)).astype(np.float32), rng.normal(size=(7,)).astype(np.float32)]
+    finals = []
+    for optimizer in (keras.optimizers.Adam(0.01), fastpath.FusedAdam(0.01)):
+        variables = [keras.Variable(value) for value in start]
+        step = tf.function(lambda grads: optimizer.apply(grads, variables))
+        for index in range(40):
+            step([np.random.default_rng(index).normal(size=v.shape).astype(np.float32) for v in start])
+        finals.append([np.asarray(v) for v in variables])
+    for plain, fused, first in zip(*finals, start):
+        assert np.abs(plain - first).max() > 0.1  # the variables moved
+        np.testing.assert_allclose(fused, plain, atol=1e-5)
+
+
+def test_fused_adam_round_trips_through_a_saved_model(letters, tmp_path):
+    model = models.build_model("arch2", seed=0)
+    model.compile(optimizer=fastpath.FusedAdam(2e-3))
+    model.fit(letters[0][:200], letters[0][:200], batch_size=100, epochs=1, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = models.load_model(tmp_path / "m.keras")
+    assert type(loaded.optimizer) is fastpath.FusedAdam
+    assert loaded.optimizer.learning_rate.numpy() == pytest.approx(2e-3)
+    assert int(loaded.optimizer.iterations.numpy()) == 2
+    for saved, restored in zip(model.optimizer.variables, loaded.optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(saved), np.asarray(restored))
+
+
+def test_resolve_precision():
+    assert fastpath.resolve_precision("float32") == "float32"
+    assert fastpath.resolve_precision("auto") in ("float32", "mixed_bfloat16")
+    with pytest.raises(ValueError, match=r"Expected precision to be one of .* Received: precision='fp8'"):
+        models.build_model("arch1", precision="fp8")
+
+
+def test_shards_give_the_same_step_as_the_whole_batch(letters):
+    # The deterministic AE isolates the sharding: no random draws differ.
+    x, _ = letters
+    results = []
+    for shards in (1, 2, 3):
+        model = models.build_model("ae", seed=0)
+        model.shards = shards
+        model.compile(optimizer=keras.optimizers.Adam(1e-3))
+        logs = model.train_on_batch(x[:100], x[:100], return_dict=True)
+        results.append((logs, weights_of(model)))
+    for logs, weights in results[1:]:
+        assert logs["loss"] == pytest.approx(results[0][0]["loss"], rel=1e-5)
+        for a, b in zip(weights, results[0][1]):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision, tolerance", [("float32", 1e-4), ("mixed_bfloat16", 3e-2)])
+@pytest.mark.parametrize("name", models.ARCHITECTURES)
+def test_training_loss_and_gradients_equal_the_plain_layers(name, precision, tolerance, letters):
+    """The fused computations of the training step change nothing but speed (and bfloat16 rounding)."""
+    x, _ = letters
+    clean = x[:40]
+    noisy = np.clip(clean + np.random.default_rng(0).normal(0, 0.5, clean.shape), 0, 1).astype(np.float32)
+    epsilon = np.random.default_rng(1).normal(size=(40, 2)).astype(np.float32)
+    model = models.build_model(name, seed=0, precision=precision)
+
+    results = []
+    for fused in (False, True):  # the Keras models as built, layer by layer; then the fast path
+        model.fused = fused
+
+        @tf.function  # compiled as in training (eager bfloat16 convolution gradients differ)
+        def loss_and_gradients():
+            with tf.GradientTape() as tape:
+                reconstruction, kl, _ = model.losses_per_image(noisy, clean, epsilon, training=True)
+                loss = ops.mean(reconstruction) + ops.mean(kl)
+            return loss, tape.gradient(loss, model.trainable_weights)
+
+        loss, gradients = loss_and_gradients()
+        results.append((float(loss), [np.asarray(g) for g in gradients]))
+    (plain_loss, plain_gradients), (fused_loss, fused_gradients) = results
+    assert fused_loss == pytest.approx(plain_loss, rel=tolerance / 100)
+    assert len(fused_gradients) == len(plain_gradients) == len(model.trainable_weights)
+    for fused, plain in zip(fused_gradients, plain_gradients):
+        np.testing.assert_allclose(fused, plain, rtol=tolerance, atol=tolerance * np.abs(plain).max())
+
+
+def test_sharded_vae_losses_cover_every_image_once(letters):
+    x, _ = letters
+    model = models.build_model("arch1", seed=0)
+    whole = models.kl_divergence(*model.encode(x[:100])[:2])
+    for shards in (1, 2, 3):
+        model.shards = shards
+        reconstruction, kl, accuracy = model._sharded_losses(x[:100], x[:100], training=False)
+        assert tuple(reconstruction.shape) == (100,) and tuple(accuracy.shape) == (100,)
+        np.testing.assert_allclose(np.asarray(kl), np.asarray(whole), rtol=1e-5)

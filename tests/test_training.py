@@ -1,0 +1,187 @@
+"""training: run folders, learning, resume (also after SIGKILL), damaged checkpoints, divergence, bad input."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import keras
+import numpy as np
+import pytest
+
+import data_prepro
+import evaluation
+import models
+import training
+from conftest import REPO, weights_of
+
+
+@pytest.fixture(scope="module")
+def letters():
+    """Small synthetic train and validation sets, (N, 28, 28, 1) float32."""
+    (x, _), (xt, _) = data_prepro.input_read("synthetic", train_size=300, test_size=100, seed=0,
+                                             cache_dir=os.environ.get("TMPDIR", "/tmp") + "/vae-test-cache")
+    return x, xt
+
+
+def test_one_training_step_changes_weights_and_is_finite(letters):
+    x, _ = letters
+    model = models.build_model("arch1", seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    before = weights_of(model)
+    logs = model.train_on_batch(x[:100], return_dict=True)
+    after = weights_of(model)
+    assert all(np.isfinite(v) for v in logs.values())
+    assert set(logs) == {"loss", "reconstruction", "kl", "accuracy"}
+    assert all(not np.array_equal(a, b) for a, b in zip(before, after))
+    # One evaluation step changes nothing.
+    model.test_on_batch(x[:100], x[:100])
+    for a, b in zip(after, weights_of(model)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_train_model_writes_run_folder_and_learns(letters, tmp_path):
+    x, x_val = letters
+    result = training.train_model(models.build_model("arch2", seed=0), x, x_val, run_dir=tmp_path, epochs=3,
+                                seed=0, verbose=0)
+    assert result.epochs == 3 and result.resumed_from == 0 and result.train_seconds > 0
+    assert set(result.history) == {"loss", "reconstruction", "kl", "accuracy",
+                                   "val_loss", "val_reconstruction", "val_kl", "val_accuracy"}
+    assert all(len(v) == 3 for v in result.history.values())
+    assert result.history["loss"][-1] < result.history["loss"][0]
+    rows = training.read_history(tmp_path)
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    assert [p.name for p in tmp_path.glob("checkpoint-epoch*.keras")] == ["checkpoint-epoch3.keras"]
+    np.testing.assert_allclose([r["val_loss"] for r in rows], result.history["val_loss"])
+
+
+def test_same_seed_gives_equal_weights_and_metrics(letters, tmp_path):
+    x, x_val = letters
+    runs = [training.train_model(models.build_model("arch3", seed=5), x, x_val, run_dir=tmp_path / str(i),
+                               epochs=2, seed=5, verbose=0) for i in range(2)]
+    for a, b in zip(weights_of(runs[0].model), weights_of(runs[1].model)):
+        np.testing.assert_array_equal(a, b)
+    assert runs[0].history == runs[1].history
+    other = training.train_model(models.build_model("arch3", seed=6), x, x_val, run_dir=tmp_path / "other",
+                               epochs=2, seed=6, verbose=0)
+    assert other.history != runs[0].history
+
+
+def test_fixed_noise_option_trains(letters, tmp_path):
+    x, x_val = letters
+    result = training.train_model(models.build_model("ae", seed=0), x, x_val, run_dir=tmp_path, epochs=2,
+                                fresh_noise=False, verbose=0)
+    assert result.epochs == 2 and result.model.train_noise_std == 0.0
+    assert result.history["kl"] == [0.0, 0.0]
+
+
+def test_resume_continues_to_the_same_total(letters, tmp_path):
+    x, x_val = letters
+    first = training.train_model(models.build_model("arch1", seed=0), x, x_val, run_dir=tmp_path, epochs=2,
+                               verbose=0)
+    assert first.epochs == 2
+    resumed = training.train_model(models.build_model("arch1", seed=0), x, x_val, run_dir=tmp_path, epochs=4,
+                                 verbose=0)
+    assert resumed.resumed_from == 2 and resumed.epochs == 4
+    assert [r["epoch"] for r in training.read_history(tmp_path)] == [1, 2, 3, 4]
+    assert resumed.history["loss"][:2] == first.history["loss"]
+    assert resumed.train_seconds >= first.train_seconds
+    # The optimizer state came back with the checkpoint: Adam's step counter is 4 epochs' worth.
+    assert int(resumed.model.optimizer.iterations.numpy()) == 4 * 3
+    done = training.train_model(models.build_model("arch1", seed=0), x, x_val, run_dir=tmp_path, epochs=4,
+                              verbose=0)
+    assert done.resumed_from == 4 and done.epochs == 4 and done.history == resumed.history
+
+
+def test_resume_after_sigkill(letters, tmp_path):
+    x, x_val = letters
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "xv.npy", x_val)
+    run = tmp_path / "run"
+    code = textwrap.dedent(f"""
+        import time, numpy as np, keras, models, training
+        class Slow(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                time.sleep(1.5)
+        training.train_model(models.build_model("arch2", seed=0), np.load({str(tmp_path / 'x.npy')!r}),
+                             np.load({str(tmp_path / 'xv.npy')!r}), run_dir={str(run)!r}, epochs=4, verbose=0,
+                             callbacks=[Slow()])
+    """)
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(training.read_history(run) if run.exists() else []) < 2:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    assert len(training.read_history(run)) in (2, 3)
+    resumed = training.train_model(models.build_model("arch2", seed=0), x, x_val, run_dir=run, epochs=4, verbose=0)
+    assert resumed.resumed_from >= 1 and resumed.epochs == 4
+    assert [r["epoch"] for r in training.read_history(run)] == [1, 2, 3, 4]
+
+
+def test_damaged_checkpoint_is_not_trusted(letters, tmp_path):
+    x, x_val = letters
+    training.train_model(models.build_model("ae", seed=0), x, x_val, run_dir=tmp_path, epochs=1, verbose=0)
+    (tmp_path / "checkpoint-epoch1.keras").write_bytes(b"damaged")
+    again = training.train_model(models.build_model("ae", seed=0), x, x_val, run_dir=tmp_path, epochs=1, verbose=0)
+    assert again.resumed_from == 0 and again.epochs == 1
+
+
+def test_run_folder_of_another_configuration_is_refused(letters, tmp_path):
+    x, x_val = letters
+    training.train_model(models.build_model("ae", seed=0), x, x_val, run_dir=tmp_path, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"run_dir .* holds a run with architecture='ae', not 'arch3'"):
+        training.train_model(models.build_model("arch3"), x, x_val, run_dir=tmp_path, epochs=1, verbose=0)
+
+
+def test_non_finite_loss_stops_with_a_clear_error(letters, tmp_path):
+    x, x_val = letters
+    with pytest.raises(training.NonFiniteLossError, match=r"training diverged: loss became (nan|inf)"):
+        training.train_model(models.build_model("arch2", seed=0), x, x_val, run_dir=tmp_path, epochs=3,
+                           learning_rate=1e38, verbose=0)
+
+
+def test_early_stopping_restores_best_weights(letters, tmp_path):
+    x, x_val = letters
+    result = training.train_model(models.build_model("arch2", seed=0), x, x_val, run_dir=tmp_path, epochs=40,
+                                learning_rate=0.05, early_stopping_patience=1, verbose=0)
+    assert result.stopped_early and result.epochs < 40
+    assert min(result.history["val_loss"]) < result.history["val_loss"][-1]
+    # The returned model holds the best weights, and so does best.keras.
+    restored = models.load_model(tmp_path / "best.keras")
+    np.testing.assert_array_equal(evaluation.reconstruct(restored, x_val[:5]),
+                                  evaluation.reconstruct(result.model, x_val[:5]))
+
+
+@pytest.mark.parametrize("argument", ["epochs", "batch_size"])
+@pytest.mark.parametrize("value", [0, -2])
+def test_epochs_and_batch_size_at_least_one(argument, value, letters, tmp_path):
+    x, x_val = letters
+    with pytest.raises(ValueError, match=rf"Expected {argument} to be an integer >= 1. Received: {argument}={value}"):
+        training.train_model(models.build_model("ae"), x, x_val, run_dir=tmp_path, **{argument: value})
+
+
+def test_training_data_with_nan_rejected(letters, tmp_path):
+    x, x_val = letters
+    bad = x.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"Expected x_train with finite values"):
+        training.train_model(models.build_model("ae"), bad, x_val, run_dir=tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_training_data_out_of_range_or_misshapen(letters, tmp_path):
+    x, x_val = letters
+    with pytest.raises(ValueError, match=r"Expected x_val with values in \[0, 1\]"):
+        training.train_model(models.build_model("ae"), x, x_val * 255, run_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"Expected x_train with shape \(N, 28, 28\) or \(N, 28, 28, 1\)"):
+        training.train_model(models.build_model("ae"), x.reshape(-1, 784), x_val, run_dir=tmp_path)
+
+
+@pytest.mark.parametrize("batches, expected", [(1, 1), (26, 26), (50, 50), (104, 26), (624, 48), (521, 50)])
+def test_steps_per_execution_divides_the_epoch_when_it_can(batches, expected):
+    assert training.default_steps_per_execution(batches) == expected
