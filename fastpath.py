@@ -16,6 +16,12 @@ What it fuses, and how each is proven equal (``tests/test_fastpath.py``):
   mean, so the gradient is the whole batch's. Tested against one shard.
 * **Precision** (:func:`resolve_precision`): float32 or mixed bfloat16.
 
+Which precision and how many shards are fastest depends on the chip, so
+:func:`choose_path` decides by timing a few dozen training steps of the real
+model per candidate (as ``torch.backends.cudnn.benchmark`` does for
+convolution algorithms) and caches the decision per machine, TensorFlow
+version and model.
+
 :func:`plan_encoder` and :func:`plan_decoder` find those pairs in a functional
 model's layer chain; :func:`run_steps` runs the plan with the model's own
 layers and weights, so nothing is copied and saved files are the plain
@@ -30,7 +36,12 @@ and has no other effect.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
 import os
+import platform
+import time
 from pathlib import Path
 
 # These must precede the first TensorFlow import to take effect. oneDNN's
@@ -46,6 +57,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import layers, ops  # noqa: E402
+
+LOGGER = logging.getLogger("fastpath")
 
 # --------------------------------------------------------------------------
 # Fused layer pairs
@@ -241,38 +254,176 @@ class FusedAdam(keras.optimizers.Adam):
 
 
 def default_shards():
-    """Slices per batch: one per CPU core (at most 4) on a CPU, 1 where a GPU is visible.
+    """Slices per batch: one per core this process may use (at most 4) on a CPU, 1 where a GPU is visible.
 
     Batch-100 steps of these small models are made of ops too small to keep
     several cores busy each; independent slices on single-threaded ops do
-    (see ``TF_NUM_INTRAOP_THREADS`` at the top of this module).
+    (see ``TF_NUM_INTRAOP_THREADS`` at the top of this module). The cores are
+    ``TF_NUM_INTEROP_THREADS``, which a sweep worker sets to its share.
     """
     if tf.config.list_physical_devices("GPU"):
         return 1
-    return max(1, min(4, os.cpu_count() or 1))
+    return max(1, min(4, _cores()))
+
+
+def _cores():
+    try:
+        return max(1, int(os.environ.get("TF_NUM_INTEROP_THREADS", "")))
+    except ValueError:
+        return os.cpu_count() or 1
 
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 
 
 def resolve_precision(precision="auto"):
-    """``"auto"`` -> ``"mixed_bfloat16"`` on a CPU with native bfloat16 arithmetic
-    (AVX512-BF16 or AMX) and no GPU, else ``"float32"``; other values unchanged.
+    """The dtype policy to build a model with: ``"float32"`` or ``"mixed_bfloat16"`` as given;
+    ``"auto"`` -> ``"float32"`` (``choose_path`` decides ``auto`` by measuring first).
 
     Mixed bfloat16 computes layers in bfloat16 and keeps weights, losses and
-    optimizer state in float32 (Kalamkar et al. 2019); the benchmark checks
-    that the loss after the same epochs matches float32 within run-to-run noise.
+    optimizer state in float32 (Kalamkar et al. 2019).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"Expected precision to be one of {PRECISIONS}. Received: precision={precision!r}")
+    return "float32" if precision == "auto" else precision
+
+
+# --------------------------------------------------------------------------
+# The measured choice of precision and shards
+# --------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class PathChoice:
+    """How a model trains here: its precision and batch shards, and why.
+
+    Attributes:
+        precision: ``"float32"`` or ``"mixed_bfloat16"``.
+        shards: batch slices per step (>= 1).
+        source: ``"measured"`` (timed now), ``"cached"`` (timed before on
+            this machine and TensorFlow) or ``"given"`` (nothing to choose).
+        step_ms: milliseconds per training step of each candidate timed,
+            keyed ``"precision/shards"``; empty for ``"given"``.
+        decide_seconds: time spent deciding in this process.
+    """
+
+    precision: str
+    shards: int
+    source: str
+    step_ms: dict = dataclasses.field(default_factory=dict)
+    decide_seconds: float = 0.0
+
+    def describe(self):
+        """One line for the log, e.g. ``float32, 2 shards (measured: float32/2 4.1 ms, ...)``."""
+        timings = ", ".join(f"{name} {ms:.2f} ms" for name, ms in self.step_ms.items())
+        return f"{self.precision}, {self.shards} shard{'s' * (self.shards != 1)} ({self.source}" \
+               f"{': ' + timings if timings else ''})"
+
+
+def candidate_paths(precision="auto", shards=None):
+    """The ``(precision, shards)`` pairs worth timing for these settings.
+
+    ``precision="auto"`` times float32 and, where the hardware computes
+    bfloat16 natively (a GPU, or a CPU with AVX512-BF16 or AMX; elsewhere it
+    is emulated and slow), mixed bfloat16. ``shards=None`` times one shard
+    and one per core. Explicit values are never overridden.
+    """
+    resolve_precision(precision)  # validates
+    if shards is not None and (isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or shards < 1):
+        raise ValueError(f"Expected shards to be an integer >= 1 or None. Received: shards={shards!r}")
     if precision != "auto":
-        return precision
+        precisions = [precision]
+    else:
+        precisions = ["float32"] + ["mixed_bfloat16"] * _native_bfloat16()
+    counts = [int(shards)] if shards is not None else sorted({1, default_shards()})
+    return [(p, n) for p in precisions for n in counts]
+
+
+def _native_bfloat16():
     if tf.config.list_physical_devices("GPU"):
-        return "float32"
+        return True
     try:
-        flags = Path("/proc/cpuinfo").read_text().split()
+        flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
-        return "float32"
-    return "mixed_bfloat16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "float32"
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
+def machine_key():
+    """What a timing depends on besides the model: CPU model, cores in use, GPUs, TensorFlow."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpus = [device.name for device in tf.config.list_physical_devices("GPU")]
+    return {"cpu": cpu, "cores": _cores(), "gpus": gpus, "tensorflow": tf.__version__}
+
+
+def cache_dir():
+    """The package's cache folder: ``$XDG_CACHE_HOME/denoising_vae`` or ``~/.cache/denoising_vae``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "denoising_vae"
+
+
+def choose_path(model_key, time_step, precision="auto", shards=None, cache_file=None):
+    """Choose precision and shards by timing each candidate, or from an earlier timing.
+
+    Args:
+        model_key: dict naming the model (architecture, latent size, batch
+            size...), part of the cache key with :func:`machine_key`.
+        time_step: ``time_step(precision, shards)`` -> seconds per training
+            step of the real model (``training.time_training_step``).
+        precision, shards: as :func:`candidate_paths`; explicit values are kept.
+        cache_file: JSON file of earlier decisions (default
+            ``cache_dir() / "fast_path.json"``); ``False`` for none.
+
+    Returns:
+        :class:`PathChoice`, the fastest candidate. A decision cached for the
+        same model on the same machine and TensorFlow is reused; a cache
+        made elsewhere is ignored, a damaged one rebuilt, an unwritable one
+        skipped with a warning.
+    """
+    candidates = candidate_paths(precision, shards)
+    if len(candidates) == 1:
+        return PathChoice(*candidates[0], source="given")
+    key = json.dumps({**machine_key(), **model_key, "candidates": candidates}, sort_keys=True)
+    path = None if cache_file is False else Path(cache_file) if cache_file else cache_dir() / "fast_path.json"
+    entries = _read_cache(path)
+    if key in entries:
+        entry = entries[key]
+        return PathChoice(entry["precision"], int(entry["shards"]), "cached", dict(entry["step_ms"]))
+    started = time.perf_counter()
+    step_ms = {f"{p}/{n}": 1000 * float(time_step(p, n)) for p, n in candidates}
+    best = min(candidates, key=lambda c: step_ms[f"{c[0]}/{c[1]}"])
+    choice = PathChoice(*best, source="measured", step_ms={k: round(v, 3) for k, v in step_ms.items()},
+                        decide_seconds=round(time.perf_counter() - started, 2))
+    if path is not None:
+        entries[key] = {"precision": choice.precision, "shards": choice.shards, "step_ms": choice.step_ms}
+        _write_cache(path, entries)
+    return choice
+
+
+def _read_cache(path):
+    if path is None or not path.is_file():
+        return {}
+    try:
+        entries = json.loads(path.read_text())["entries"]
+        if not isinstance(entries, dict):
+            raise ValueError("entries is not an object")
+        return entries
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        LOGGER.warning("fast-path cache %s is unreadable (%s); measuring again", path, error)
+        return {}
+
+
+def _write_cache(path, entries):
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.part")
+        partial.write_text(json.dumps({"entries": entries}, indent=1))
+        os.replace(partial, path)
+    except OSError as error:
+        LOGGER.warning("could not write the fast-path cache %s (%s); the next run measures again", path, error)

@@ -23,11 +23,13 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from data_prepro import as_model_input, check_images, check_positive_int, noise_addition
+import fastpath
+from data_prepro import IMAGE_SIZE, as_model_input, check_images, check_positive_int, noise_addition
 from fastpath import FusedAdam
-from models import DenoisingVAE, load_model
+from models import DenoisingVAE, build_model, load_model
 
 LOGGER = logging.getLogger("training")
 
@@ -216,7 +218,7 @@ def default_steps_per_execution(batches_per_epoch):
 
 def train_model(model, x_train, x_val, *, run_dir, epochs=20, batch_size=100, noise_std=0.5,
                 fresh_noise=True, seed=0, learning_rate=1e-3, early_stopping_patience=None,
-                steps_per_execution=None, jit_compile=False, callbacks=(), verbose="auto"):
+                steps_per_execution=None, jit_compile=False, shards=None, callbacks=(), verbose="auto"):
     """Train ``model`` to turn noisy images into clean ones, resumably, into ``run_dir``.
 
     Validation uses one fixed noisy copy of ``x_val`` (seeded), so curves are
@@ -240,6 +242,8 @@ def train_model(model, x_train, x_val, *, run_dir, epochs=20, batch_size=100, no
         steps_per_execution: training steps per compiled call (default:
             :func:`default_steps_per_execution`).
         jit_compile: compile the steps with XLA (slower on CPU; see benchmarks).
+        shards: batch slices per step (``None``: the model's own, see
+            :func:`choose_fast_path`); also applied to a resumed checkpoint.
         callbacks: extra Keras callbacks for ``fit``.
         verbose: Keras' ``fit`` verbosity.
 
@@ -255,6 +259,8 @@ def train_model(model, x_train, x_val, *, run_dir, epochs=20, batch_size=100, no
     x_val = as_model_input(check_images(x_val, "x_val"))
     if early_stopping_patience is not None:
         check_positive_int("early_stopping_patience", early_stopping_patience)
+    if shards is not None:
+        shards = check_positive_int("shards", shards)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -267,6 +273,8 @@ def train_model(model, x_train, x_val, *, run_dir, epochs=20, batch_size=100, no
     seconds_before = history[-1]["seconds"] if history else 0.0
     if restored is not None:
         model = restored
+    if shards is not None:
+        model.shards = shards
     if done >= epochs:
         return TrainingResult(model, _columns(history), done, seconds_before, resumed_from=done)
 
@@ -326,3 +334,58 @@ def _check_same_run(run_dir, metadata):
 def _columns(rows):
     names = [key for key in (rows[0] if rows else {}) if key not in ("epoch", "seconds")]
     return {name: [row[name] for row in rows] for name in names}
+
+
+# --------------------------------------------------------------------------
+# Choosing the fast path by measuring
+# --------------------------------------------------------------------------
+
+def choose_fast_path(architecture, latent_dim=2, *, beta=1.0, batch_size=100, precision="auto", shards=None,
+                     cache_file=None):
+    """Precision and batch shards for training ``architecture`` here, timed or from the cache.
+
+    ``fastpath.choose_path`` with :func:`time_training_step` as the timer:
+    each candidate (``fastpath.candidate_paths``) trains the real model a
+    few dozen steps at ``batch_size`` with fresh noise, as the study does.
+
+    Returns:
+        ``fastpath.PathChoice``; build the model with its ``precision`` and
+        pass its ``shards`` to :func:`train_model`.
+    """
+    model_key = {"architecture": architecture, "latent_dim": int(latent_dim), "batch_size": int(batch_size)}
+
+    def time_step(candidate_precision, candidate_shards):
+        return time_training_step(architecture, latent_dim, beta=beta, batch_size=batch_size,
+                                  precision=candidate_precision, shards=candidate_shards)
+
+    return fastpath.choose_path(model_key, time_step, precision=precision, shards=shards, cache_file=cache_file)
+
+
+def time_training_step(architecture, latent_dim=2, *, beta=1.0, batch_size=100, precision="float32", shards=1,
+                       steps=24):
+    """Seconds per training step of a freshly built model (fresh noise, as :func:`train_model`).
+
+    Two warm-up steps (the first traces the step), then ``steps`` timed in
+    three blocks; the fastest block counts (a slow spell of the machine hits
+    one block, not the choice). Each call of the compiled step runs one step,
+    so the time includes a per-call overhead that is the same for every
+    candidate.
+    """
+    model = build_model(architecture, latent_dim, beta=beta, seed=0, precision=precision)
+    model.shards = shards
+    model.compile(optimizer=FusedAdam(1e-3))
+    model.train_noise_std = 0.5
+    images = np.random.default_rng(0).random((batch_size, IMAGE_SIZE, IMAGE_SIZE, 1), dtype=np.float32)
+    model.resident_data = ResidentData(images)
+    index = tf.range(batch_size, dtype=tf.int64)
+    step = tf.function(model.train_step)
+    for _ in range(2):
+        step(index)
+    blocks = []
+    for _ in range(3):
+        started = time.perf_counter()
+        for _ in range(max(1, steps // 3)):
+            logs = step(index)
+        float(logs["loss"])  # wait for the last step
+        blocks.append((time.perf_counter() - started) / max(1, steps // 3))
+    return min(blocks)

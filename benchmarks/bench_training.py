@@ -15,10 +15,15 @@ cold (nothing prepared) and warm (prepared cache).
 
 ``--precisions`` and ``--noise`` list the package's variants to measure: the
 first of each is reported as ``ours``, the others as ``ours_<precision>``,
-``ours_fresh_noise`` and so on (on a GPU, ``--precisions float32,mixed_bfloat16``
-shows mixed precision off and on). ``ours`` trains on one noisy copy as the
-anchors do (the same work); ``ours_fresh_noise`` draws new noise in every
-step, as the study does by default.
+``ours_fixed_noise`` and so on (on a GPU, ``--precisions float32,mixed_bfloat16``
+shows mixed precision off and on). By default ``ours`` is the study's own
+path: ``auto`` precision and shards (timed and cached as the study does) with
+fresh noise drawn in every step; ``ours_fixed_noise`` trains on one noisy
+copy as the anchors do (the same work).
+
+Each architecture also gets its floating-point operations per image (counted
+from the layers), the achieved GFLOP/s and the fraction of the CPU's float32
+peak (derived from its vector width, FMA units and clock; see ``peak_gflops``).
 """
 from __future__ import annotations
 
@@ -52,7 +57,9 @@ sys.path.insert(0, {str(REPO)!r})
 import numpy as np, fastpath, models, training, keras, tensorflow as tf
 rng = np.random.default_rng(0)
 x = (rng.random(({n}, 28, 28, 1)) > 0.8).astype("float32")   # the anchors' data
-model = models.build_model("arch{arch}", seed=0, precision={precision!r})
+path = training.choose_fast_path("arch{arch}", precision={precision!r})  # as the study does
+model = models.build_model("arch{arch}", seed=0, precision=path.precision)
+model.shards = path.shards
 model.compile(optimizer=fastpath.FusedAdam(1e-3),             # as training.train_model does
               steps_per_execution=training.default_steps_per_execution({n} // 100))
 if {noise!r} == "fresh":
@@ -69,7 +76,8 @@ class Timer(keras.callbacks.Callback):
 history = model.fit(data, epochs={epochs}, verbose=0, shuffle=False, callbacks=[Timer()])
 device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
 print(json.dumps({{"seconds_per_epoch": sum(times[1:]) / len(times[1:]), "epochs": times, "shards": model.shards,
-                  "precision": models.precision_of(model), "device": device,
+                  "precision": models.precision_of(model), "device": device, "path_source": path.source,
+                  "path_step_ms": path.step_ms, "path_decide_seconds": path.decide_seconds,
                   "final_loss": history.history["loss"][-1]}}))
 """
     return _json_from([sys.executable, "-c", code])
@@ -126,6 +134,68 @@ def load_times():
     return results
 
 
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo (or the platform's word for it)."""
+    import platform
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def peak_gflops():
+    """The CPU's float32 peak, cores x FMA units x vector lanes x 2 x clock, and how it was derived.
+
+    Lanes: 16 with AVX-512 on Intel (two 512-bit FMA units per core assumed, as
+    on Xeon Gold and Platinum), 8 with AVX2 or on AMD Zen 4 (its AVX-512 runs
+    on 256-bit units), 4 otherwise. Clock: the "cpu MHz" the OS reports (a
+    virtual machine reports the base clock; turbo would raise the peak).
+    """
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"gflops": None, "derivation": "no /proc/cpuinfo"}
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    mhz = next((float(line.split(":", 1)[1]) for line in info.splitlines() if line.startswith("cpu MHz")), None)
+    amd = "AuthenticAMD" in info
+    lanes = 8 if amd and "avx512f" in flags else 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
+    fma_units = 2 if "fma" in flags or "avx512f" in flags else 1
+    cores = os.cpu_count() or 1
+    if mhz is None:
+        return {"gflops": None, "derivation": "no clock in /proc/cpuinfo"}
+    gflops = cores * fma_units * lanes * 2 * mhz / 1000
+    return {"gflops": round(gflops, 1),
+            "derivation": f"{cores} cores x {fma_units} FMA units x {lanes} float32 lanes x 2 FLOP per FMA "
+                          f"x {mhz / 1000:.2f} GHz"}
+
+
+def training_flops_per_image(name):
+    """Floating-point operations of one training step per image, counted from the layers.
+
+    Forward: 2 x multiply-adds of every Dense (inputs x units) and Conv2D
+    (output pixels x kernel area x input x output channels), as the report's
+    layers define them (the fused path does less for the upsampling pairs).
+    Training = 3 x forward (the backward pass computes the gradients of the
+    inputs and of the weights, each as costly as the forward; Kaplan et al.
+    2020). Pooling, activations, noise and the optimizer are left out.
+    """
+    import models
+
+    model = models.build_model(name)
+    forward = 0
+    for layer in model.encoder.layers + model.decoder.layers:
+        if isinstance(layer, models.layers.Dense):
+            forward += 2 * layer.kernel.shape[0] * layer.kernel.shape[1]
+        elif isinstance(layer, models.layers.Conv2D):
+            out_h, out_w = layer.output.shape[1:3]
+            kh, kw, cin, cout = layer.kernel.shape
+            forward += 2 * out_h * out_w * kh * kw * cin * cout
+    return 3 * forward
+
+
 def choices_list(allowed):
     """argparse type: a comma-separated list of values from ``allowed``."""
     def parse(text):
@@ -161,7 +231,7 @@ def main(argv=None):
     parser.add_argument("--anchors", default=str(DEFAULT_ANCHORS), help="folder of keras_anchor.py, torch_anchor.py")
     parser.add_argument("--precisions", type=choices_list(("auto", "float32", "mixed_bfloat16")), default="auto",
                         help="comma-separated precisions of the package to measure (auto, float32, mixed_bfloat16)")
-    parser.add_argument("--noise", type=choices_list(("fixed", "fresh")), default="fixed,fresh",
+    parser.add_argument("--noise", type=choices_list(("fixed", "fresh")), default="fresh,fixed",
                         help="noise modes of the package to measure: fixed (one noisy copy, as the anchors), "
                              "fresh (new noise every step)")
     parser.add_argument("--skip-load", action="store_true", help="skip the data-load measurements")
@@ -179,7 +249,7 @@ def main(argv=None):
     if (anchors / "torch_anchor.py").is_file() and torch_available():
         runners["torch"] = lambda a: anchor(anchors / "torch_anchor.py", a, args.n, args.epochs)
     report = {"n": args.n, "batch_size": 100, "repeats": args.repeats, "cpu_count": os.cpu_count(),
-              "architectures": {}}
+              "cpu": cpu_model(), "peak": peak_gflops(), "architectures": {}}
     for arch in (int(a) for a in args.archs):
         runs = {name: [] for name in runners}
         for _ in range(args.repeats):
@@ -196,7 +266,7 @@ def main(argv=None):
                            "samples_per_second": round(args.n / best["seconds_per_epoch"], 1),
                            "all_seconds_per_epoch": [round(r["seconds_per_epoch"], 3) for r in good],
                            "final_loss": round(float(best["final_loss"]), 3)}
-            for key in ("precision", "shards", "device"):
+            for key in ("precision", "shards", "device", "path_source", "path_step_ms", "path_decide_seconds"):
                 if key in best:
                     entry[name][key] = best[key]
         for mine in (name for name in runners if name.startswith("ours")):
@@ -207,6 +277,14 @@ def main(argv=None):
                     entry[f"{prefix}speedup_vs_{name}"] = round(speedup, 2)
                     entry[f"{prefix}loss_difference_vs_{name}"] = round(
                         entry[mine]["final_loss"] - entry[name]["final_loss"], 3)
+        flops = training_flops_per_image(f"arch{arch}")
+        entry["flops"] = {"forward_per_image": flops / 3, "training_per_image": flops}
+        for mine in (name for name in runners if name.startswith("ours")):
+            if "samples_per_second" in entry.get(mine, {}):
+                achieved = flops * entry[mine]["samples_per_second"] / 1e9
+                entry[mine]["gflops"] = round(achieved, 2)
+                if report["peak"]["gflops"]:
+                    entry[mine]["fraction_of_peak"] = round(achieved / report["peak"]["gflops"], 4)
         report["architectures"][f"arch{arch}"] = entry
         print(json.dumps({f"arch{arch}": entry}), file=sys.stderr, flush=True)
     if not args.skip_load:

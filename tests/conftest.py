@@ -30,6 +30,9 @@ def hermetic(tmp_path_factory, monkeypatch):
     """No test reads the user's cache, EMNIST_PATH or the internet."""
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("HOME", str(home))
+    # One fast-path cache for the whole session: each model's precision and
+    # shards are timed once, not in every test (choices never change results).
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "shared-cache"))
     monkeypatch.delenv("EMNIST_PATH", raising=False)
     unreachable = closed_port_url()
     monkeypatch.setattr(data_prepro, "download_urls", lambda: [unreachable])

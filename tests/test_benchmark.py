@@ -22,14 +22,18 @@ def test_benchmark_reports_ours_variants_and_ratios(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["n"] == 200 and report["batch_size"] == 100 and "data_load" not in report
     entry = report["architectures"]["arch3"]
-    assert set(entry) >= {"ours", "ours_fresh_noise", "keras", "speedup_vs_keras", "loss_difference_vs_keras",
-                          "ours_fresh_noise_speedup_vs_keras"}
-    for name in ("ours", "ours_fresh_noise"):
+    assert set(entry) >= {"ours", "ours_fixed_noise", "keras", "speedup_vs_keras", "loss_difference_vs_keras",
+                          "ours_fixed_noise_speedup_vs_keras", "flops"}
+    assert report["cpu"] and "FMA" in report["peak"]["derivation"]
+    for name in ("ours", "ours_fixed_noise"):
         ours = entry[name]
         assert "error" not in ours, ours
         assert ours["seconds_per_epoch"] > 0 and ours["device"] == "CPU"
         assert ours["samples_per_second"] == pytest.approx(200 / ours["seconds_per_epoch"], rel=0.1)  # rounded
         assert 300 < ours["final_loss"] < 600  # nats per image on the anchors' random images
+        assert ours["path_source"] in ("measured", "cached")  # the study's auto path, chosen as the study does
+        assert ours["gflops"] == pytest.approx(entry["flops"]["training_per_image"] * ours["samples_per_second"] / 1e9,
+                                               rel=0.01)
     assert entry["speedup_vs_keras"] == pytest.approx(9.0 / entry["ours"]["seconds_per_epoch"], rel=0.1)
     assert entry["loss_difference_vs_keras"] == pytest.approx(entry["ours"]["final_loss"] - 390.0, abs=1e-2)
     assert "torch" not in entry  # no torch_anchor.py in that folder
@@ -53,3 +57,11 @@ def test_bad_flags_are_refused_with_one_line(flags, message, capsys):
         bench_training.main(flags)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_flops_are_counted_from_the_layers():
+    # arch2: Dense 784x512 and 512x2 twice (mean, log_var) in the encoder; 2x512 and 512x784 in the decoder.
+    forward = 2 * (784 * 512 + 2 * 512 * 2 + 2 * 512 + 512 * 784)
+    assert bench_training.training_flops_per_image("arch2") == 3 * forward
+    # arch3's first convolution alone: 28x28 outputs x 3x3 kernel x 1 -> 16 channels.
+    assert bench_training.training_flops_per_image("arch3") > 3 * 2 * 28 * 28 * 9 * 16

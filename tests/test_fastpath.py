@@ -1,4 +1,5 @@
 """fastpath: each fused computation equals the plain layers, with gradients; FusedAdam, shards, precision."""
+import json
 import os
 
 import keras
@@ -10,6 +11,7 @@ from keras import ops
 import data_prepro
 import fastpath
 import models
+import training
 from conftest import weights_of
 
 
@@ -140,7 +142,8 @@ def test_fused_adam_round_trips_through_a_saved_model(letters, tmp_path):
 
 def test_resolve_precision():
     assert fastpath.resolve_precision("float32") == "float32"
-    assert fastpath.resolve_precision("auto") in ("float32", "mixed_bfloat16")
+    assert fastpath.resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
+    assert fastpath.resolve_precision("auto") == "float32"  # auto is decided by choose_path
     with pytest.raises(ValueError, match=r"Expected precision to be one of .* Received: precision='fp8'"):
         models.build_model("arch1", precision="fp8")
 
@@ -200,3 +203,102 @@ def test_sharded_vae_losses_cover_every_image_once(letters):
         reconstruction, kl, accuracy = model._sharded_losses(x[:100], x[:100], training=False)
         assert tuple(reconstruction.shape) == (100,) and tuple(accuracy.shape) == (100,)
         np.testing.assert_allclose(np.asarray(kl), np.asarray(whole), rtol=1e-5)
+
+
+
+# ---------------------------------------------------------------- the measured choice
+
+class StandInTimer:
+    """Seconds per step from a table instead of a clock; records what was timed."""
+
+    def __init__(self, table):
+        self.table, self.calls = table, []
+
+    def __call__(self, precision, shards):
+        self.calls.append((precision, shards))
+        return self.table[(precision, shards)]
+
+
+TABLE = {("float32", 1): 0.010, ("float32", 2): 0.006, ("mixed_bfloat16", 1): 0.009, ("mixed_bfloat16", 2): 0.008}
+
+
+@pytest.fixture
+def two_cores_with_bfloat16(monkeypatch):
+    monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "2")
+    monkeypatch.setattr(fastpath, "_native_bfloat16", lambda: True)
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
+
+
+def test_choose_path_times_every_candidate_and_takes_the_fastest(tmp_path, two_cores_with_bfloat16):
+    timer = StandInTimer(TABLE)
+    choice = fastpath.choose_path({"architecture": "arch1"}, timer, cache_file=tmp_path / "c.json")
+    assert sorted(timer.calls) == sorted(TABLE)
+    assert (choice.precision, choice.shards, choice.source) == ("float32", 2, "measured")
+    assert choice.step_ms == {"float32/1": 10.0, "float32/2": 6.0, "mixed_bfloat16/1": 9.0, "mixed_bfloat16/2": 8.0}
+    assert "float32, 2 shards (measured: float32/1 10.00 ms" in choice.describe()
+
+
+def test_choose_path_reuses_the_cached_decision(tmp_path, two_cores_with_bfloat16):
+    fastpath.choose_path({"architecture": "arch1"}, StandInTimer(TABLE), cache_file=tmp_path / "c.json")
+    timer = StandInTimer({key: 1.0 for key in TABLE})  # would choose otherwise if it timed
+    choice = fastpath.choose_path({"architecture": "arch1"}, timer, cache_file=tmp_path / "c.json")
+    assert timer.calls == [] and (choice.precision, choice.shards, choice.source) == ("float32", 2, "cached")
+    # Another architecture is another decision.
+    other = fastpath.choose_path({"architecture": "arch3"}, timer, cache_file=tmp_path / "c.json")
+    assert len(timer.calls) == 4 and other.source == "measured"
+
+
+@pytest.mark.parametrize("field, value", [("tensorflow", "2.0.0"), ("cpu", "Another CPU"), ("cores", 16)])
+def test_a_decision_from_another_machine_or_tensorflow_is_ignored(tmp_path, two_cores_with_bfloat16, monkeypatch,
+                                                                  field, value):
+    fastpath.choose_path({"architecture": "arch1"}, StandInTimer(TABLE), cache_file=tmp_path / "c.json")
+    real_key = fastpath.machine_key
+    monkeypatch.setattr(fastpath, "machine_key", lambda: {**real_key(), field: value})
+    timer = StandInTimer(TABLE)
+    choice = fastpath.choose_path({"architecture": "arch1"}, timer, cache_file=tmp_path / "c.json")
+    assert len(timer.calls) == 4 and choice.source == "measured"
+
+
+def test_a_damaged_cache_is_rebuilt(tmp_path, two_cores_with_bfloat16, caplog):
+    cache = tmp_path / "c.json"
+    cache.write_text('{"entries": {"trunc')
+    choice = fastpath.choose_path({"architecture": "arch1"}, StandInTimer(TABLE), cache_file=cache)
+    assert choice.source == "measured"
+    assert "fast-path cache" in caplog.text and "unreadable" in caplog.text
+    assert len(json.loads(cache.read_text())["entries"]) == 1  # rewritten whole
+
+
+def test_an_unwritable_cache_folder_warns_and_still_decides(tmp_path, two_cores_with_bfloat16, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    choice = fastpath.choose_path({"architecture": "arch1"}, StandInTimer(TABLE), cache_file=blocker / "c.json")
+    assert choice.precision == "float32" and "could not write the fast-path cache" in caplog.text
+
+
+def test_explicit_precision_is_never_overridden(tmp_path, two_cores_with_bfloat16):
+    timer = StandInTimer(TABLE)
+    choice = fastpath.choose_path({"architecture": "arch1"}, timer, precision="mixed_bfloat16",
+                                  cache_file=tmp_path / "c.json")
+    assert {precision for precision, _ in timer.calls} == {"mixed_bfloat16"}
+    assert (choice.precision, choice.shards) == ("mixed_bfloat16", 2)
+    # With the shards given too there is nothing to time.
+    given = fastpath.choose_path({"architecture": "arch1"}, timer, precision="float32", shards=1)
+    assert (given.precision, given.shards, given.source, given.step_ms) == ("float32", 1, "given", {})
+
+
+def test_candidates_follow_the_hardware(monkeypatch):
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
+    monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "1")
+    monkeypatch.setattr(fastpath, "_native_bfloat16", lambda: False)
+    assert fastpath.candidate_paths("auto") == [("float32", 1)]  # emulated bfloat16 is not worth timing
+    monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "8")
+    monkeypatch.setattr(fastpath, "_native_bfloat16", lambda: True)
+    assert fastpath.candidate_paths("auto") == [("float32", 1), ("float32", 4), ("mixed_bfloat16", 1),
+                                                ("mixed_bfloat16", 4)]
+    with pytest.raises(ValueError, match=r"Expected shards to be an integer >= 1 or None. Received: shards=0"):
+        fastpath.candidate_paths("auto", shards=0)
+
+
+def test_time_training_step_times_the_real_model():
+    seconds = training.time_training_step("arch2", precision="float32", shards=2, steps=3)
+    assert 0 < seconds < 5
