@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -35,15 +36,26 @@ class StudyConfig:
     models: tuple = ARCHITECTURES   # which of arch1, arch2, arch3, ae to train
     epochs: int = 20                # epochs per model
     batch_size: int = 100           # images per step, as in the report
-    latent_dim: int = 2             # size of the latent space, as in the report
-    noise_std: float = 0.5          # std of the Gaussian noise added to the inputs
-    beta: float = 1.0               # weight of the KL term
+    latent_dim: int | tuple = 2     # size of the latent space, as in the report (a tuple: swept)
+    noise_std: float | tuple = 0.5  # std of the Gaussian noise added to the inputs (a tuple: swept)
+    beta: float | tuple = 1.0       # weight of the KL term (a tuple: swept)
     learning_rate: float = 1e-3     # Adam's step size
     train_size: int | None = None   # None: all 62,400 training images
     test_size: int | None = None    # None: all 10,400 test images
     seed: int = 0                   # seeds data subsets, noise, initial weights
     precision: str = "auto"         # auto, float32 or mixed_bfloat16 (training only)
     quick: bool = False
+    seeds: int = 1                  # replicates: --seed, --seed + 1, ...
+
+    def values(self, setting):
+        """The list of values of ``latent_dim``, ``noise_std`` or ``beta``."""
+        value = getattr(self, setting)
+        return list(value) if isinstance(value, tuple) else [value]
+
+    @property
+    def is_sweep(self):
+        """Several seeds or several values of a setting."""
+        return self.seeds > 1 or any(len(self.values(s)) > 1 for s in ("latent_dim", "noise_std", "beta"))
 
 
 class UsageError(Exception):
@@ -70,17 +82,26 @@ def parse_args(argv):
                         help="comma-separated subset of " + ",".join(ARCHITECTURES))
     parser.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs per model")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per step")
-    parser.add_argument("--latent-dim", type=int, default=defaults.latent_dim, help="latent dimensions")
-    parser.add_argument("--noise-std", type=float, default=defaults.noise_std, help="std of the input noise")
-    parser.add_argument("--beta", type=float, default=defaults.beta, help="weight of the KL term")
+    parser.add_argument("--latent-dim", default=str(defaults.latent_dim),
+                        help="latent dimensions; a comma list (2,4,8) sweeps them")
+    parser.add_argument("--noise-std", default=str(defaults.noise_std),
+                        help="std of the input noise; a comma list sweeps it")
+    parser.add_argument("--beta", default=str(defaults.beta), help="weight of the KL term; a comma list sweeps it")
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="Adam step size")
     parser.add_argument("--train-size", type=int, default=None,
                         help="training images, balanced over letters (None: all)")
     parser.add_argument("--test-size", type=int, default=None, help="test images, balanced over letters (None: all)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
+    parser.add_argument("--seeds", default="1", help="replicates per model and setting: --seed, --seed + 1, ...")
+    parser.add_argument("--workers", default="1",
+                        help="worker processes of a Dask LocalCluster on this machine (1: in this process)")
+    parser.add_argument("--scheduler", default=None,
+                        help="address of a running Dask scheduler (tcp://HOST:8786) to run the cells on; "
+                             "--out must then be storage every worker sees")
     parser.add_argument("--precision", default=defaults.precision,
                         choices=("auto", "float32", "mixed_bfloat16"),
-                        help="training arithmetic; auto = mixed_bfloat16 on CPUs with native bfloat16")
+                        help="training arithmetic; auto = whichever trains faster here, timed once per "
+                             "machine and model and cached")
     parser.add_argument("--out", default="runs/study", help="run folder")
     parser.add_argument("--quick", action="store_true",
                         help=f"small balanced subset and few epochs ({QUICK['train_size']} train, "
@@ -103,22 +124,59 @@ def config_from_args(args, parser):
         for key, value in QUICK.items():
             if given[key] is None or given[key] == parser.get_default(key):
                 given[key] = value
+    for key in ("latent_dim", "noise_std", "beta", "seeds"):
+        given[key] = parse_list(parser, key, given[key])
     for flag, key, low in (("--epochs", "epochs", 1), ("--batch-size", "batch_size", 1),
-                           ("--latent-dim", "latent_dim", 1), ("--train-size", "train_size", 1),
-                           ("--test-size", "test_size", 1), ("--seed", "seed", 0)):
+                           ("--train-size", "train_size", 1), ("--test-size", "test_size", 1), ("--seed", "seed", 0)):
         value = given[key]
         if value is not None and value < low:
             parser.error(f"argument {flag}: expected an integer >= {low}, got {value}")
-    for flag, key in (("--noise-std", "noise_std"), ("--beta", "beta"), ("--learning-rate", "learning_rate")):
-        value = given[key]
-        if not np.isfinite(value) or value < 0 or (key == "learning_rate" and value == 0):
-            parser.error(f"argument {flag}: expected a finite number {'> 0' if key == 'learning_rate' else '>= 0'}"
-                         f", got {value}")
-    return StudyConfig(data=args.data, models=names, epochs=given["epochs"], batch_size=given["batch_size"],
-                       latent_dim=given["latent_dim"], noise_std=given["noise_std"], beta=given["beta"],
-                       learning_rate=given["learning_rate"], train_size=given["train_size"],
-                       test_size=given["test_size"], seed=given["seed"], precision=args.precision,
-                       quick=args.quick)
+    learning_rate = given["learning_rate"]
+    if not np.isfinite(learning_rate) or learning_rate <= 0:
+        parser.error(f"argument --learning-rate: expected a finite number > 0, got {learning_rate}")
+    one_or_tuple = lambda values: values[0] if len(values) == 1 else tuple(values)  # noqa: E731
+    config = StudyConfig(data=args.data, models=names, epochs=given["epochs"], batch_size=given["batch_size"],
+                         latent_dim=one_or_tuple(given["latent_dim"]), noise_std=one_or_tuple(given["noise_std"]),
+                         beta=one_or_tuple(given["beta"]), learning_rate=given["learning_rate"],
+                         train_size=given["train_size"], test_size=given["test_size"], seed=given["seed"],
+                         precision=args.precision, quick=args.quick, seeds=given["seeds"][0])
+    return config
+
+
+def placement_from_args(args, parser):
+    """``(workers, scheduler)``: where the cells run; bad values exit via parser.error (status 2)."""
+    workers = parse_list(parser, "workers", args.workers)[0]
+    if workers > (os.cpu_count() or 1):
+        parser.error(f"argument --workers: expected at most {os.cpu_count() or 1} (this machine's cores), "
+                     f"got {workers}")
+    if args.scheduler is not None and workers != 1:
+        parser.error("argument --workers: the workers of --scheduler are the cluster's; leave --workers out")
+    return workers, args.scheduler
+
+
+# flag -> (parse one value, lowest allowed, whether a list is allowed)
+_LISTS = {"latent_dim": (int, 1, True), "noise_std": (float, 0.0, True), "beta": (float, 0.0, True),
+          "seeds": (int, 1, False), "workers": (int, 1, False)}
+
+
+def parse_list(parser, key, text):
+    """``"2,4,8"`` -> ``[2, 4, 8]`` for a list flag; one value for the others; bad text exits (status 2)."""
+    kind, low, many = _LISTS[key]
+    flag = "--" + key.replace("_", "-")
+    what = f"{'a comma list of ' if many else ''}{'integers' if kind is int else 'finite numbers'} >= {low:g}"
+    parts = str(text).split(",") if many else [str(text)]
+    values = []
+    for part in parts:
+        try:
+            value = kind(part.strip())
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value < low:
+            parser.error(f"argument {flag}: expected {what}, got {text!r}")
+        values.append(value)
+    if len(set(values)) != len(values):
+        parser.error(f"argument {flag}: each value once, got {text!r}")
+    return values
 
 
 # --------------------------------------------------------------------------
@@ -136,18 +194,20 @@ def prepare_out(out: Path, config: StudyConfig):
         raise UsageError(f"--out {out} is not a writable folder ({error.strerror or error}); "
                          "choose another --out") from None
     stored_path = out / "config.json"
-    current = dataclasses.asdict(config)
-    current["models"] = list(config.models)
+    current = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples as JSON lists, as stored
+    defaults = json.loads(json.dumps(dataclasses.asdict(StudyConfig())))
     if stored_path.is_file():
         try:
             stored = json.loads(stored_path.read_text())
         except ValueError:
             raise UsageError(f"--out {out} holds an unreadable config.json; choose another --out") from None
         # Asking for fewer or more models than last time is fine: results are per model.
-        differing = [key for key in current if key != "models" and stored.get(key) != current[key]]
+        # A setting missing from an older config.json had its default then.
+        differing = [key for key in current if key != "models" and stored.get(key, defaults[key]) != current[key]]
         if differing:
             key = differing[0]
-            raise UsageError(f"--out {out} holds a run made with {key}={stored.get(key)!r}, not {current[key]!r}; "
+            raise UsageError(f"--out {out} holds a run made with {key}={stored.get(key, defaults[key])!r}, "
+                             f"not {current[key]!r}; "
                              "choose another --out or repeat the original flags")
         current["models"] = list(dict.fromkeys(stored.get("models", []) + current["models"]))
     write_json(stored_path, current)
@@ -228,14 +288,18 @@ def run_study(config: StudyConfig, out: Path, verbose="auto"):
             trained[name] = models.load_model(final_path)
             progress(f"{name}: already finished, loaded {final_path.name}")
             continue
+        path = training.choose_fast_path(name, config.latent_dim, beta=config.beta, batch_size=config.batch_size,
+                                         precision=config.precision)
+        progress(f"{name}: fast path {path.describe()}"
+                 + (f", decided in {path.decide_seconds:.1f} s" if path.source == "measured" else ""))
         model = models.build_model(name, config.latent_dim, beta=config.beta, seed=config.seed + index,
-                                   precision=config.precision)
+                                   precision=path.precision)
         progress(f"{name}: training {config.epochs} epochs ({models.precision_of(model)}, "
                  f"{models.parameter_counts(model)['total']:,} parameters)")
         fitted = training.train_model(model, x_train, x_test, run_dir=out / "checkpoints" / name,
                                       epochs=config.epochs, batch_size=config.batch_size,
                                       noise_std=config.noise_std, seed=config.seed + index,
-                                      learning_rate=config.learning_rate, verbose=verbose)
+                                      learning_rate=config.learning_rate, shards=path.shards, verbose=verbose)
         model = fitted.model
         if fitted.resumed_from:
             progress(f"{name}: resumed after epoch {fitted.resumed_from}")
@@ -244,6 +308,7 @@ def run_study(config: StudyConfig, out: Path, verbose="auto"):
         model.save(final_path)
         results["models"][name] = {
             "params": models.parameter_counts(model), "precision": models.precision_of(model),
+            "fast_path": dataclasses.asdict(path),
             "epochs": fitted.epochs, "train_seconds": round(fitted.train_seconds, 2),
             "history": fitted.history, "test": test}
         write_json(results_path, results)
@@ -260,6 +325,169 @@ def run_study(config: StudyConfig, out: Path, verbose="auto"):
     (out / "report.md").write_text(render_report(config, results, figures))
     progress(f"done: {out / 'report.md'}")
     return results
+
+
+def run_sweep(config: StudyConfig, out: Path, *, workers=1, scheduler=None):
+    """Run (or resume) every cell of a sweep into ``out``; return the results dict.
+
+    Cells are models x settings x seeds (``sweep.expand_cells``), each trained
+    in ``out/cells/<name>/`` by ``sweep.run_cells``: in this process, on a Dask
+    LocalCluster of ``workers`` processes, or on the Dask scheduler at
+    ``scheduler``. Then ``sweep.csv``, the summary with 95 % intervals, the
+    figures and ``report.md``.
+    """
+    import sweep
+
+    progress = Progress()
+    if scheduler is not None:
+        try:
+            sweep.connect_check(scheduler)
+        except OSError as error:
+            raise UsageError(str(error)) from None
+    prepare_out(out, config)
+    loaded = data_prepro.input_read(config.data, train_size=config.train_size, test_size=config.test_size,
+                                    seed=config.seed)
+    (_, _), (x_test, y_test) = loaded
+    source = loaded.source
+    data_info = {"source": source.kind, "description": source.describe(), "path": source.path,
+                 "train": len(loaded[0][0]), "test": len(x_test)}
+    progress(f"data: {source.describe()}; {data_info['train']} train and {data_info['test']} test images")
+    results_path = out / "results.json"
+    results = read_json(results_path, {})
+    if results.get("data") not in (None, data_info):
+        raise UsageError(f"--out {out} holds results on other data ({results['data']['description']}); "
+                         "choose another --out")
+    cells = sweep.expand_cells(config.models, config.values("latent_dim"), config.values("noise_std"),
+                               config.values("beta"), config.seed, config.seeds)
+    where = (f"the Dask scheduler at {scheduler}" if scheduler else
+             f"a Dask LocalCluster of {workers} workers" if workers > 1 else "this process")
+    progress(f"sweep: {len(cells)} cells ({len(config.models)} models x {len(cells) // len(config.models) // config.seeds}"
+             f" settings x {config.seeds} seeds), {config.epochs} epochs each, on {where}")
+    job = sweep.CellJob(out=str(out.resolve()), data=source.path if source.kind == "emnist" else "synthetic",
+                        train_size=config.train_size, test_size=config.test_size, data_seed=config.seed,
+                        epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
+                        precision=config.precision)
+    try:
+        cell_results = list(sweep.run_cells(cells, job, workers=workers, scheduler=scheduler,
+                                            progress=progress).values())
+    except OSError as error:
+        raise UsageError(str(error).splitlines()[0]) from None
+    summary = sweep.summarise(cell_results)
+    sweep.write_sweep_csv(out / "sweep.csv", cell_results)
+    results.update(data=data_info, cells=cell_results, summary=summary, sweep={
+        "models": list(config.models), **{s: config.values(s) for s in sweep.SWEPT}, "seeds": config.seeds,
+        "workers": workers, "scheduler": scheduler, "interval": "95 % confidence, Student's t, n - 1 d.o.f."})
+    write_json(results_path, results)
+
+    # Today's per-model figures and results from the first seed of each model's first setting.
+    import evaluation
+    import models
+    import plots
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")  # retracing notices of the evaluation steps
+
+    first = {}
+    for cell, result in zip(cells, cell_results):
+        if cell.model not in first and result.get("status") == "done":
+            first[cell.model] = (cell, result)
+    results["models"] = {name: {key: result[key] for key in ("epochs", "train_seconds", "history", "test",
+                                                              "precision", "fast_path", "folder")}
+                         for name, (_, result) in first.items()}
+    figures = {}
+    if first:
+        progress("figures")
+        noise_std = config.values("noise_std")[0]
+        x_test_noisy = data_prepro.noise_addition(x_test, noise_std, seed=config.seed + 7)
+        trained = {name: models.load_model(Path(result["folder"]) / "model.keras")
+                   for name, (_, result) in first.items()}
+        figures = make_figures(out, config, trained, results["models"], x_test, y_test, x_test_noisy,
+                               evaluation, plots)
+        figures.update(sweep_figures(out, config, cells, cell_results, summary, plots))
+    results["figures"] = figures
+    results["total_seconds"] = round(results.get("total_seconds", 0.0) + progress.elapsed(), 1)
+    write_json(results_path, results)
+    (out / "report.md").write_text(render_sweep_report(config, results, figures))
+    progress(f"done: {out / 'report.md'}")
+    return results
+
+
+_SWEEP_METRICS = (("loss", "test loss (nats)"), ("psnr_reconstructed", "PSNR reconstructed (dB)"),
+                  ("ssim_reconstructed", "SSIM reconstructed"), ("log_likelihood", "log p(x) (nats)"))
+
+
+def sweep_figures(out, config, cells, cell_results, summary, plots):
+    """The sweep's own figures: curves with a band across seeds, and each metric against each swept setting."""
+    figures = {}
+    firsts = {s: config.values(s)[0] for s in ("latent_dim", "noise_std", "beta")}
+    histories = {}
+    for cell, result in zip(cells, cell_results):
+        if result.get("status") == "done" and all(getattr(cell, s) == v for s, v in firsts.items()):
+            histories.setdefault(cell.model, []).append(result["history"])
+    if histories:
+        figures["learning_curves_seeds"] = "learning_curves_seeds.png"
+        plots.plot_learning_curve_bands(histories, "loss", path=out / figures["learning_curves_seeds"])
+    for setting in ("latent_dim", "noise_std", "beta"):
+        if len(config.values(setting)) < 2:
+            continue
+        fixed = {s: v for s, v in firsts.items() if s != setting}
+        figures[f"against_{setting}"] = f"against_{setting}.png"
+        plots.plot_metric_against_setting(summary, setting, _SWEEP_METRICS, fixed=fixed,
+                                          path=out / figures[f"against_{setting}"])
+    return figures
+
+
+def summary_table(summary):
+    """The sweep summary as a Markdown table: mean +- std (n) per model and setting."""
+    lines = ["| model | latent | noise | beta | " + " | ".join(label for _, label in _SWEEP_METRICS) + " |",
+             "|---" * (4 + len(_SWEEP_METRICS)) + "|"]
+    for row in summary:
+        cells = []
+        for key, _ in _SWEEP_METRICS:
+            stats = row["metrics"].get(key)
+            if stats is None:
+                cells.append("n/a")
+                continue
+            spread = f" +- {stats['std']:.3g}" if stats["std"] is not None else ""
+            cells.append(f"{stats['mean']:.4g}{spread} ({stats['n']})")
+        failed = f" ({row['failed']} failed)" if row["failed"] else ""
+        lines.append(f"| {row['model']}{failed} | {row['latent_dim']} | {row['noise_std']:g} | {row['beta']:g} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_sweep_report(config, results, figures):
+    """report.md of a sweep: data, settings, the summary table and every figure."""
+    data = results["data"]
+    failed = [cell for cell in results["cells"] if cell.get("status") != "done"]
+    sections = [
+        "# Denoising VAEs on handwritten capital letters: sweep", "",
+        f"**Data:** {data['description']}: {data['train']:,} training and {data['test']:,} test images.", "",
+        f"**Cells:** {len(results['cells'])} ({len(failed)} failed): models {', '.join(config.models)}; "
+        f"latent {config.values('latent_dim')}, noise std {config.values('noise_std')}, "
+        f"beta {config.values('beta')}; {config.seeds} seeds from {config.seed}; {config.epochs} epochs, "
+        f"batch {config.batch_size}, Adam {config.learning_rate}.", "",
+        "## Summary", "",
+        "Mean +- sample standard deviation (number of seeds) of each test metric; `results.json` also holds "
+        "95 % confidence intervals (Student's t, n - 1 degrees of freedom) and `sweep.csv` every cell. "
+        "A difference smaller than the seed-to-seed spread is not a finding.", "",
+        summary_table(results["summary"]), "",
+    ]
+    for key, title in (("learning_curves_seeds", "Learning curves across seeds"),
+                       ("against_latent_dim", "Against the latent size"), ("against_noise_std", "Against the noise"),
+                       ("against_beta", "Against beta"), ("comparison", "Comparison (first seed)"),
+                       ("learning_curves", "Learning curves (first seed)")):
+        if key in figures:
+            sections += [f"## {title}", "", f"![{title}]({figures[key]})", ""]
+    for name in results.get("models", {}):
+        if f"reconstructions_{name}" in figures:
+            sections += [f"## {name} (first seed, first setting)", "",
+                         f"![{name} reconstructions]({figures[f'reconstructions_{name}']})"]
+            if f"latent_sweep_{name}" in figures:
+                sections.append(f"![{name} latent sweep]({figures[f'latent_sweep_{name}']})")
+            sections += [f"![{name} latent map]({figures[f'latent_map_{name}']})", ""]
+    sections += [f"Total time: {results['total_seconds']:.0f} s.", ""]
+    return "\n".join(sections)
 
 
 def make_figures(out, config, trained, finished, x_test, y_test, x_test_noisy, evaluation, plots):
@@ -370,9 +598,18 @@ def main(argv=None) -> int:
     """Command-line entry point; returns the exit status."""
     args, parser = parse_args(argv)
     config = config_from_args(args, parser)
+    workers, scheduler = placement_from_args(args, parser)
     out = Path(args.out).expanduser()
     try:
-        run_study(config, out)
+        if config.is_sweep or workers > 1 or scheduler is not None:
+            results = run_sweep(config, out, workers=workers, scheduler=scheduler)
+            failed = [cell for cell in results["cells"] if cell.get("status") != "done"]
+            if failed:
+                print(f"assignment_5.py: error: {len(failed)} of {len(results['cells'])} cells failed, "
+                      f"first {failed[0]['name']}: {failed[0].get('error')}", file=sys.stderr)
+                return 1
+        else:
+            run_study(config, out)
     except UsageError as error:
         print(f"assignment_5.py: error: {error}", file=sys.stderr)
         return 2

@@ -291,3 +291,92 @@ def plot_letter_grid(images, labels, per_letter=4, title=None, path=None):
     if title:
         axis.set_title(title, fontsize=10)
     return _finish(figure, path)
+
+
+# --------------------------------------------------------------------------
+# Sweeps: several seeds per model and setting
+# --------------------------------------------------------------------------
+
+def plot_learning_curve_bands(histories, metric="loss", path=None):
+    """Learning curves across seeds: the mean per epoch and a band from the lowest to the highest seed.
+
+    Args:
+        histories: ``{label: [history, ...]}``, one history per seed (as in
+            :func:`plot_learning_curves`), equally long within a label.
+        metric: the history key to draw; its ``val_`` version is drawn dashed.
+
+    Returns:
+        Figure with one axis: train (solid) and validation (dashed) per label.
+    """
+    if not histories:
+        raise ValueError("Expected histories of at least one model. Received: histories={}")
+    figure = Figure(figsize=(7, 4.2), layout="constrained")
+    axis = figure.subplots()
+    for index, (label, runs) in enumerate(histories.items()):
+        for key, style in ((metric, "-"), (f"val_{metric}", "--")):
+            curves = [run[key] for run in runs if key in run]
+            if not curves:
+                continue
+            length = min(len(curve) for curve in curves)
+            values = np.array([curve[:length] for curve in curves], dtype=np.float64)
+            epochs = np.arange(1, length + 1)
+            axis.plot(epochs, values.mean(0), style, color=f"C{index}",
+                      label=f"{label} {'validation' if key.startswith('val_') else 'train'} (n={len(values)})")
+            axis.fill_between(epochs, values.min(0), values.max(0), color=f"C{index}", alpha=0.15)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel(metric)
+    axis.set_title(f"{metric}: mean over seeds, band from lowest to highest seed", fontsize=10)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    return _finish(figure, path)
+
+
+def plot_metric_against_setting(summary, setting, metrics, fixed=None, path=None):
+    """Each metric against one swept setting, one line per architecture, 95 % intervals as error bars.
+
+    Args:
+        summary: rows of ``sweep.summarise`` (model, latent_dim, noise_std,
+            beta, metrics: {name: {mean, ci95, ...}}).
+        setting: ``"latent_dim"``, ``"noise_std"`` or ``"beta"``, the x axis.
+        metrics: ``[(key, label), ...]`` to draw, one axis each.
+        fixed: ``{other setting: value}`` that rows must match (the others'
+            first values), or ``None`` for every row.
+
+    Returns:
+        Figure with one axis per metric.
+    """
+    rows = [row for row in summary if all(row[key] == value for key, value in (fixed or {}).items())]
+    if not rows:
+        raise ValueError(f"Expected summary rows to plot against {setting}. Received: none match {fixed}")
+    figure = Figure(figsize=(4.2 * len(metrics), 3.6), layout="constrained")
+    axes = figure.subplots(1, len(metrics), squeeze=False)[0]
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    for axis, (key, label) in zip(axes, metrics):
+        for index, model in enumerate(models):
+            points = sorted((row[setting], row["metrics"][key]) for row in rows
+                            if row["model"] == model and key in row["metrics"])
+            if not points:
+                continue
+            x = [value for value, _ in points]
+            mean = np.array([m["mean"] for _, m in points])
+            low = np.array([m["mean"] - m["ci95"][0] if m["ci95"] else 0.0 for _, m in points])
+            high = np.array([m["ci95"][1] - m["mean"] if m["ci95"] else 0.0 for _, m in points])
+            axis.errorbar(x, mean, yerr=[low, high], marker="o", capsize=3, color=f"C{index}", label=model)
+        if setting == "latent_dim":
+            axis.set_xscale("log", base=2)
+            values = sorted({row[setting] for row in rows})
+            axis.set_xticks(values, [str(value) for value in values])
+            axis.minorticks_off()
+        if key in ("psnr_reconstructed", "ssim_reconstructed"):  # the noisy input's level for reference
+            noisy = key.replace("reconstructed", "noisy")
+            references = sorted({(row[setting], row["metrics"][noisy]["mean"]) for row in rows
+                                 if noisy in row["metrics"]})
+            if references:
+                axis.plot([v for v, _ in references], [m for _, m in references], ":", color="grey",
+                          label="noisy input")
+        axis.set_xlabel(setting)
+        axis.set_title(label, fontsize=10)
+        axis.grid(alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
+    return _finish(figure, path)

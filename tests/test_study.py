@@ -189,10 +189,10 @@ def test_resume_continues_an_interrupted_model(tmp_path, capsys):
 @pytest.mark.parametrize("flags, message", [
     (["--epochs", "0"], "argument --epochs: expected an integer >= 1, got 0"),
     (["--batch-size", "-5"], "argument --batch-size: expected an integer >= 1, got -5"),
-    (["--latent-dim", "0"], "argument --latent-dim: expected an integer >= 1, got 0"),
+    (["--latent-dim", "0"], "argument --latent-dim: expected a comma list of integers >= 1, got '0'"),
     (["--train-size", "0"], "argument --train-size: expected an integer >= 1, got 0"),
-    (["--noise-std", "-1"], "argument --noise-std: expected a finite number >= 0, got -1.0"),
-    (["--noise-std", "nan"], "argument --noise-std: expected a finite number >= 0, got nan"),
+    (["--noise-std", "-1"], "argument --noise-std: expected a comma list of finite numbers >= 0, got '-1'"),
+    (["--noise-std", "nan"], "argument --noise-std: expected a comma list of finite numbers >= 0, got 'nan'"),
     (["--learning-rate", "0"], "argument --learning-rate: expected a finite number > 0, got 0.0"),
     (["--models", "arch1,arch9"], "argument --models: expected a comma-separated subset of arch1,arch2,arch3,ae"),
     (["--models", "arch1,arch1"], "argument --models: each model once"),

@@ -1,0 +1,219 @@
+"""sweep.py and the sweep flags: cells, summaries, a LocalCluster sweep, a killed worker, a real scheduler."""
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import assignment_5
+import sweep
+from conftest import REPO
+
+TINY = ["--data", "synthetic", "--train-size", "260", "--test-size", "52", "--epochs", "2", "--models", "ae"]
+DASK = Path(sys.executable).parent / "dask"
+
+
+# ---------------------------------------------------------------- cells and summaries
+
+def test_cells_are_every_combination_seeded_like_the_study():
+    cells = sweep.expand_cells(("arch1", "ae"), [2, 4], [0.5], [1.0], seed=3, seeds=2)
+    assert len(cells) == 2 * 2 * 2
+    assert len({cell.name for cell in cells}) == len(cells)
+    first = [cell for cell in cells if cell.study_seed == 3 and cell.latent_dim == 2]
+    # As a single study seeds its models: --seed plus the position in --models.
+    assert [(c.model, c.seed) for c in first] == [("arch1", 3), ("ae", 4)]
+    assert cells[0].name == "arch1-latent2-noise0.5-beta1-seed3"
+
+
+def test_summary_matches_scipy():
+    rng = np.random.default_rng(0)
+    values = rng.normal(10, 2, 5)
+    results = [{"model": "arch1", "latent_dim": 2, "noise_std": 0.5, "beta": 1.0, "status": "done",
+                "test": {"loss": float(v)}} for v in values]
+    results.append({"model": "arch1", "latent_dim": 2, "noise_std": 0.5, "beta": 1.0, "status": "failed"})
+    (row,) = sweep.summarise(results)
+    loss = row["metrics"]["loss"]
+    assert row["n"] == 5 and row["failed"] == 1 and loss["n"] == 5
+    assert loss["mean"] == pytest.approx(values.mean())
+    assert loss["std"] == pytest.approx(values.std(ddof=1))
+    low, high = stats.t.interval(0.95, 4, loc=values.mean(), scale=stats.sem(values))
+    assert loss["ci95"] == pytest.approx([low, high])
+    (single,) = sweep.summarise(results[:1])
+    assert single["metrics"]["loss"]["std"] is None and single["metrics"]["loss"]["ci95"] is None
+
+
+def test_sweep_csv_is_one_tidy_row_per_cell(tmp_path):
+    results = [{"model": "ae", "latent_dim": 2, "noise_std": 0.5, "beta": 1.0, "seed": 1, "study_seed": 0,
+                "status": "done", "test": {"loss": 3.5, "psnr_reconstructed": 12.0}, "train_seconds": 4.0},
+               {"model": "ae", "latent_dim": 4, "noise_std": 0.5, "beta": 1.0, "seed": 1, "study_seed": 0,
+                "status": "failed", "error": "training diverged"}]
+    sweep.write_sweep_csv(tmp_path / "sweep.csv", results)
+    with open(tmp_path / "sweep.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["latent_dim"] for row in rows] == ["2", "4"]
+    assert float(rows[0]["loss"]) == 3.5 and rows[1]["status"] == "failed" and rows[1]["loss"] == ""
+
+
+# ---------------------------------------------------------------- bad flags
+
+@pytest.mark.parametrize("flags, message", [
+    (["--latent-dim", "2,,4"], "argument --latent-dim: expected a comma list of integers >= 1, got '2,,4'"),
+    (["--latent-dim", "2,2"], "argument --latent-dim: each value once, got '2,2'"),
+    (["--noise-std", "0.5,-1"], "argument --noise-std: expected a comma list of finite numbers >= 0, got '0.5,-1'"),
+    (["--beta", "1,nan"], "argument --beta: expected a comma list of finite numbers >= 0, got '1,nan'"),
+    (["--seeds", "0"], "argument --seeds: expected integers >= 1, got '0'"),
+    (["--seeds", "2,3"], "argument --seeds: expected integers >= 1, got '2,3'"),
+    (["--workers", "0"], "argument --workers: expected integers >= 1, got '0'"),
+    (["--workers", "999"], "argument --workers: expected at most"),
+    (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "the workers of --scheduler are the cluster's"),
+])
+def test_bad_sweep_flags_are_one_line_errors(flags, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        assignment_5.main(TINY + flags + ["--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_unreachable_scheduler_is_refused_within_ten_seconds(tmp_path, capsys):
+    with socket.socket() as sock:  # a port where nothing listens
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.perf_counter()
+    assert assignment_5.main(TINY + ["--scheduler", f"tcp://127.0.0.1:{port}", "--out", str(tmp_path)]) == 2
+    assert time.perf_counter() - started < 15
+    err = capsys.readouterr().err
+    assert f"--scheduler tcp://127.0.0.1:{port}: no Dask scheduler answered within 10 s" in err
+    assert err.count("\n") == 1
+
+
+def test_out_made_with_other_sweep_settings_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    config = assignment_5.config_from_args(*assignment_5.parse_args(TINY + ["--latent-dim", "2,4", "--seeds", "2"]))
+    assignment_5.prepare_out(out, config)
+    assert assignment_5.main(TINY + ["--latent-dim", "2,8", "--seeds", "2", "--out", str(out)]) == 2
+    assert "holds a run made with latent_dim=[2, 4], not [2, 8]" in capsys.readouterr().err
+    assert assignment_5.main(TINY + ["--latent-dim", "2,4", "--seeds", "3", "--out", str(out)]) == 2
+    assert "holds a run made with seeds=2, not 3" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- real sweeps
+
+def test_two_worker_local_cluster_sweep_writes_every_cell_csv_summary_and_figures(tmp_path):
+    out = tmp_path / "sweep"
+    assert assignment_5.main(TINY + ["--latent-dim", "2,4", "--seeds", "2", "--workers", "2",
+                                     "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    names = sorted(cell["name"] for cell in results["cells"])
+    assert names == [f"ae-latent{d}-noise0.5-beta1-seed{s}" for d in (2, 4) for s in (0, 1)]
+    assert all(cell["status"] == "done" and cell["epochs"] == 2 for cell in results["cells"])
+    assert len({cell["pid"] for cell in results["cells"]}) == 2  # both worker processes trained cells
+    assert [(row["latent_dim"], row["n"]) for row in results["summary"]] == [(2, 2), (4, 2)]
+    assert set(results["summary"][0]["metrics"]["loss"]) == {"mean", "std", "ci95", "n"}
+    with open(out / "sweep.csv", newline="") as file:
+        assert len(list(csv.DictReader(file))) == 4
+    for figure in ("learning_curves_seeds.png", "against_latent_dim.png", "comparison.png",
+                   "reconstructions_ae.png"):
+        assert (out / figure).stat().st_size > 0
+    report = (out / "report.md").read_text()
+    assert "| ae | 2 | 0.5 | 1 |" in report and "(2) |" in report and "against_latent_dim.png" in report
+    # Run again: every cell is found finished, nothing is trained.
+    before = {p: p.stat().st_mtime for p in out.glob("cells/*/model.keras")}
+    assert assignment_5.main(TINY + ["--latent-dim", "2,4", "--seeds", "2", "--out", str(out)]) == 0
+    assert {p: p.stat().st_mtime for p in out.glob("cells/*/model.keras")} == before
+
+
+def test_one_value_and_one_seed_is_todays_study(tmp_path):
+    out = tmp_path / "run"
+    assert assignment_5.main(TINY + ["--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert "cells" not in results and set(results["models"]) == {"ae"}
+
+
+def test_a_diverging_cell_is_recorded_and_the_others_finish(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    code = assignment_5.main(TINY + ["--models", "arch2", "--beta", "1,0", "--learning-rate", "1e9",
+                                     "--out", str(out)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "cells failed" in err and "training diverged" in err and err.count("\n") == 1
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["cells"]) == 2 and all("error" in cell for cell in results["cells"]
+                                              if cell["status"] == "failed")
+
+
+def start(command, **kwargs):
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
+                            start_new_session=True, **kwargs)
+
+
+@pytest.fixture
+def dask_cluster(tmp_path):
+    """A real ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1; yields the address."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_NUM_INTEROP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "MPLBACKEND": "Agg"}
+    processes = [start([str(DASK), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                        "--dashboard-address", ":0"], env=env)]
+    processes += [start([str(DASK), "worker", address, "--nthreads", "1", "--nworkers", "1",
+                         "--local-directory", str(tmp_path / f"worker{i}")], env=env) for i in range(2)]
+    from dask.distributed import Client
+
+    client = Client(address, timeout="30s")
+    client.wait_for_workers(2, timeout=60)
+    try:
+        yield address, client
+    finally:
+        client.close()
+        for process in processes:
+            os.killpg(process.pid, signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_sweep_on_a_real_scheduler_survives_a_killed_worker(tmp_path, dask_cluster):
+    address, client = dask_cluster
+    out = tmp_path / "sweep"
+    flags = ["--data", "synthetic", "--train-size", "2600", "--test-size", "52", "--epochs", "5", "--models", "ae",
+             "--latent-dim", "2,3", "--precision", "float32", "--scheduler", address, "--out", str(out)]
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.setdefault("code", assignment_5.main(flags)))
+    thread.start()
+    killed = None
+    deadline = time.time() + 240
+    while killed is None and time.time() < deadline and thread.is_alive():
+        for checkpoint in out.glob("cells/*/checkpoint-epoch*.keras"):
+            folder = checkpoint.parent
+            if not (folder / "cell.json").exists():  # mid-cell: an epoch saved, the cell not finished
+                working = {worker: keys for worker, keys in client.processing().items()
+                           if any(folder.name in str(key) for key in keys)}
+                if working:
+                    worker = next(iter(working))
+                    pid = client.run(os.getpid, workers=[worker])[worker]
+                    os.kill(pid, signal.SIGKILL)
+                    killed = folder.name
+                    break
+        time.sleep(0.05)
+    thread.join(timeout=300)
+    assert killed is not None, "no cell was caught mid-training"
+    assert outcome.get("code") == 0
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["cells"]) == 2 and all(cell["status"] == "done" for cell in results["cells"])
+    resumed = next(cell for cell in results["cells"] if cell["name"] == killed)
+    assert resumed["resumed_from"] >= 1 and resumed["epochs"] == 5  # continued, not restarted
+    assert len(resumed["history"]["loss"]) == 5
