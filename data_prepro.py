@@ -19,8 +19,8 @@ This module never imports TensorFlow, so a notebook imports it in a moment.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import hashlib
+import json
 import logging
 import math
 import os
@@ -47,6 +47,12 @@ EMNIST_TRAIN_CAPITALS = 62_400
 EMNIST_TEST_CAPITALS = 10_400
 
 NIST_URL = "https://biometrics.nist.gov/cs_links/EMNIST/gzip.zip"
+# MD5 of NIST's gzip.zip as torchvision's EMNIST loader pins it; the archive
+# cannot be fetched here, so no other digest of it can be pinned honestly.
+NIST_MD5 = "58c8d27c78d21e728a6bc7b3cc06412e"
+# No EMNIST split has more images (byclass train: 697,932): an IDX header
+# declaring more is damaged or hostile, and bounds how far a member may inflate.
+MAX_IDX_ITEMS = 1_000_000
 MEMBER_TEMPLATE = "gzip/emnist-balanced-{usage}-{kind}-idx{dims}-ubyte.gz"
 SOURCE_WORDS = ("auto", "emnist", "synthetic")
 # Connect/read timeouts (s) of a download; ``auto`` probes with a shorter one.
@@ -77,11 +83,17 @@ class DataSource:
     path: str | None = None
     seed: int = 0
     note: str = ""
+    verified: bool | None = None  # real data: whether the archive's MD5 is NIST's (None: a folder)
+    md5: str | None = None
 
     def describe(self) -> str:
         """One line for logs and reports, e.g. ``EMNIST balanced capitals from /x/gzip.zip``."""
         if self.kind == "emnist":
             text = f"EMNIST balanced capitals from {self.path}"
+            if self.verified is False:
+                text += f" (unverified archive, MD5 {self.md5})"
+            elif self.verified is None:
+                text += " (unverified: a folder of .gz files)"
         else:
             text = f"synthetic capitals from matplotlib's fonts (seed {self.seed})"
         return f"{text} [{self.note}]" if self.note else text
@@ -291,12 +303,20 @@ def download_urls():
     return urls
 
 
-def download_emnist(destination, urls=None, timeout=DOWNLOAD_TIMEOUT, probe_timeout=None):
-    """Download NIST's ``gzip.zip`` to ``destination``; return its path.
+def download_emnist(destination, urls=None, timeout=DOWNLOAD_TIMEOUT, probe_timeout=None, expected_md5=None):
+    """Download NIST's ``gzip.zip`` to ``destination``, accepting only NIST's bytes; return its path.
 
-    Data go to ``destination + '.part'`` and are renamed only once complete and
-    readable as a zip with the balanced members, so an interrupted download
-    never leaves a corrupt archive behind.
+    Data go to ``destination + '.part'``; MD5 and SHA-256 are computed while
+    the bytes stream in. The archive is renamed into place only when its MD5
+    is ``expected_md5`` and it is a zip with the balanced members; its digests
+    are then recorded (see :func:`archive_digests`) so later runs trust it
+    without hashing it again. A download from an address whose bytes do not
+    match is deleted and the next address tried, with both digests in the log.
+
+    An interrupted transfer keeps its ``.part`` file (and ``.part.json``: the
+    address and expected size); the next call continues it with an HTTP
+    ``Range`` request where the server accepts ranges, and starts again from
+    zero where it does not or the address changed.
 
     Args:
         destination: the archive's final path (parent folders are created).
@@ -304,13 +324,14 @@ def download_emnist(destination, urls=None, timeout=DOWNLOAD_TIMEOUT, probe_time
         timeout: ``(connect, read)`` seconds for each request.
         probe_timeout: if given, first check within this many seconds (name
             lookup included) that some address's host answers at all.
+        expected_md5: the digest to accept; default :data:`NIST_MD5`.
 
     Raises:
         OSError (``ConnectionError``) naming every address tried when none worked.
     """
     import requests
-    from tqdm import tqdm
 
+    expected_md5 = (expected_md5 or NIST_MD5).lower()
     destination = Path(destination)
     urls = list(urls) if urls is not None else download_urls()
     if probe_timeout is not None and not any(_host_answers(url, probe_timeout) for url in urls):
@@ -321,25 +342,131 @@ def download_emnist(destination, urls=None, timeout=DOWNLOAD_TIMEOUT, probe_time
     failures = []
     for url in urls:
         try:
-            with requests.get(url, stream=True, timeout=timeout) as response:
-                response.raise_for_status()
-                total = int(response.headers.get("content-length", 0)) or None
-                with open(partial, "wb") as file, tqdm(total=total, unit="B", unit_scale=True,
-                                                       unit_divisor=1024, desc=f"EMNIST {destination.name}",
-                                                       disable=None) as progress:
-                    for chunk in response.iter_content(chunk_size=1 << 20):
-                        file.write(chunk)
-                        progress.update(len(chunk))
-            if total is not None and partial.stat().st_size != total:
-                raise OSError(f"got {partial.stat().st_size} of {total} bytes")
+            md5, sha256 = _fetch(url, partial, timeout, desc=f"EMNIST {destination.name}")
+            if md5 != expected_md5:
+                LOGGER.warning("%s served an archive with MD5 %s (SHA-256 %s), not NIST's %s; deleted it, "
+                               "trying the next address", url, md5, sha256, expected_md5)
+                _forget_partial(partial)
+                failures.append(f"{url}: MD5 {md5} is not NIST's {expected_md5}")
+                continue
             _check_archive(partial)
             os.replace(partial, destination)
-            LOGGER.info("downloaded EMNIST from %s to %s", url, destination)
+            _forget_partial(partial)
+            _record_digests(destination, md5, sha256)
+            LOGGER.info("downloaded EMNIST from %s to %s (MD5 %s verified)", url, destination, md5)
             return destination
-        except (OSError, ValueError, requests.RequestException) as error:
+        except ValueError as error:  # not a zip with the balanced members: not worth resuming
+            _forget_partial(partial)
             failures.append(f"{url}: {_first_line(error)}")
-            partial.unlink(missing_ok=True)
+        except (OSError, requests.RequestException) as error:  # the .part stays, to be continued
+            failures.append(f"{url}: {_first_line(error)}")
     raise ConnectionError("could not download EMNIST: " + "; ".join(failures))
+
+
+def _fetch(url, partial: Path, timeout, desc):
+    """Stream ``url`` into ``partial``, continuing it when it came from ``url``; ``(md5, sha256)`` hex digests.
+
+    Raises ``OSError`` when fewer bytes arrive than announced (the partial
+    file and its ``.json`` stay for the next call).
+    """
+    import requests
+    from tqdm import tqdm
+
+    meta_path = partial.with_name(partial.name + ".json")
+    meta = _read_meta(meta_path)
+    have = partial.stat().st_size if partial.is_file() and meta.get("url") == url else 0
+    headers = {}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+        if meta.get("validator"):
+            headers["If-Range"] = meta["validator"]  # the server sends everything if the file changed
+    md5, sha256 = hashlib.md5(), hashlib.sha256()
+    with requests.get(url, stream=True, timeout=timeout, headers=headers) as response:
+        response.raise_for_status()
+        length = int(response.headers.get("content-length", 0)) or None
+        resumed = have and response.status_code == 206 \
+            and response.headers.get("content-range", "").startswith(f"bytes {have}-")
+        if resumed:
+            with open(partial, "rb") as file:  # the digest covers the bytes kept from before
+                for block in iter(lambda: file.read(1 << 20), b""):
+                    md5.update(block)
+                    sha256.update(block)
+            LOGGER.info("continuing the EMNIST download from %s at byte %d", url, have)
+        else:
+            have = 0
+        total = have + length if length is not None else None
+        validator = response.headers.get("etag") or response.headers.get("last-modified")
+        _write_meta(meta_path, {"url": url, "total": total, "validator": validator})
+        with open(partial, "ab" if resumed else "wb") as file, \
+                tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+                     disable=None) as progress:
+            # Small chunks: a connection that dies loses at most the chunk in flight.
+            for chunk in response.iter_content(chunk_size=1 << 16):
+                file.write(chunk)
+                md5.update(chunk)
+                sha256.update(chunk)
+                progress.update(len(chunk))
+    size = partial.stat().st_size
+    if total is not None and size != total:
+        raise OSError(f"got {size} of {total} bytes; the next download continues from there")
+    return md5.hexdigest(), sha256.hexdigest()
+
+
+def _read_meta(path):
+    try:
+        meta = json.loads(Path(path).read_text())
+        return meta if isinstance(meta, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_meta(path, meta):
+    try:
+        partial = Path(path).with_name(Path(path).name + ".tmp")
+        partial.write_text(json.dumps(meta))
+        os.replace(partial, path)
+    except OSError as error:
+        LOGGER.warning("could not write %s (%s); an interrupted download will start again", path, error)
+
+
+def _forget_partial(partial: Path):
+    partial.unlink(missing_ok=True)
+    partial.with_name(partial.name + ".json").unlink(missing_ok=True)
+
+
+def archive_digests(path):
+    """``(md5, sha256)`` of an archive file, from its record when size and modification time still match.
+
+    The record, ``<archive>.digests.json``, is written after a verified
+    download or the first time an archive is hashed (when the folder is
+    writable), so 536 MB are hashed once, not on every run.
+    """
+    path = Path(path)
+    stat = path.stat()
+    record = _read_meta(_digest_record(path))
+    if record.get("size") == stat.st_size and record.get("mtime_ns") == stat.st_mtime_ns \
+            and record.get("md5") and record.get("sha256"):
+        return record["md5"], record["sha256"]
+    md5, sha256 = hashlib.md5(), hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            md5.update(block)
+            sha256.update(block)
+    _record_digests(path, md5.hexdigest(), sha256.hexdigest())
+    return md5.hexdigest(), sha256.hexdigest()
+
+
+def _digest_record(path):
+    return Path(path).with_name(Path(path).name + ".digests.json")
+
+
+def _record_digests(path, md5, sha256):
+    stat = Path(path).stat()
+    try:
+        _digest_record(path).write_text(json.dumps({"md5": md5, "sha256": sha256, "size": stat.st_size,
+                                                    "mtime_ns": stat.st_mtime_ns}))
+    except OSError:
+        pass  # a read-only folder: the archive is hashed again next time
 
 
 def _host_answers(url, timeout) -> bool:
@@ -382,8 +509,13 @@ def _check_archive(path):
                          "with the four gzip/emnist-balanced-*-ubyte.gz members")
 
 
-def _read_member(archive: Path, member: str) -> bytes:
-    """The decompressed bytes of one ``.gz`` member, from a zip or a folder."""
+def _read_member(archive: Path, member: str, ndim: int) -> bytes:
+    """The decompressed bytes of one ``.gz`` IDX member (``ndim`` dimensions), from a zip or a folder.
+
+    Nothing is extracted to disk, and only the expected member names are
+    opened. Inflation streams and stops as soon as the output exceeds what
+    the member's IDX header declares (a "gzip bomb" never fills memory).
+    """
     where = f"{member} in {archive}"
     try:
         if archive.is_dir():
@@ -392,22 +524,56 @@ def _read_member(archive: Path, member: str) -> bytes:
             if found is None:
                 raise FileNotFoundError(f"folder {archive} lacks {Path(member).name}: expected the four "
                                         "emnist-balanced-*-ubyte.gz files of NIST's gzip.zip")
-            where = str(found)
-            compressed = found.read_bytes()
-        else:
-            with zipfile.ZipFile(archive) as zipped:
-                if member not in zipped.namelist():
-                    raise ValueError(f"archive {archive} lacks {member}: expected NIST's gzip.zip layout "
-                                     "with the four gzip/emnist-balanced-*-ubyte.gz members")
-                compressed = zipped.read(member)
+            with open(found, "rb") as stream:
+                return _inflate_idx(stream, str(found), ndim)
+        with zipfile.ZipFile(archive) as zipped:
+            if member not in zipped.namelist():
+                raise ValueError(f"archive {archive} lacks {member}: expected NIST's gzip.zip layout "
+                                 "with the four gzip/emnist-balanced-*-ubyte.gz members")
+            with zipped.open(member) as stream:
+                return _inflate_idx(stream, where, ndim)
     except zipfile.BadZipFile as error:
         raise ValueError(f"{archive} is not a readable zip archive ({error}): "
                          "delete it and download NIST's gzip.zip again") from None
-    try:
-        return gzip.decompress(compressed)
-    except (OSError, EOFError, zlib.error) as error:
+    except (EOFError, zlib.error) as error:
         raise ValueError(f"{where} is not a complete gzip file ({_first_line(error)}): "
                          "delete the archive and download NIST's gzip.zip again") from None
+
+
+def _inflate_idx(stream, where, ndim, piece=1 << 20):
+    """Inflate a gzip stream of an IDX file, at most ``piece`` bytes of output at a time, never
+    beyond the size its header declares (header + item count x item size)."""
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    header_size = 4 + 4 * ndim
+    parts, produced, bound = [], 0, None
+    pending = b""
+    while not inflater.eof:
+        if not pending:
+            pending = stream.read(1 << 16)
+            if not pending:
+                raise ValueError(f"{where} is not a complete gzip file (it ends early): "
+                                 "delete the archive and download NIST's gzip.zip again")
+        out = inflater.decompress(pending, piece)
+        pending = inflater.unconsumed_tail
+        parts.append(out)
+        produced += len(out)
+        if bound is None and produced >= header_size:
+            bound = _declared_size(b"".join(parts)[:header_size], where, ndim)
+        if bound is not None and produced > bound:
+            raise ValueError(f"{where} inflates beyond the {bound:,} bytes its IDX header declares: "
+                             "the archive is damaged or hostile; delete it and download NIST's gzip.zip again")
+    return b"".join(parts)
+
+
+def _declared_size(header, where, ndim):
+    """Bytes an IDX file with this header may hold; a one-line error for an impossible header."""
+    if header[:2] != b"\0\0" or header[2] != 0x08 or header[3] != ndim:
+        parse_idx(header, (None,) * ndim, where)  # raises its one-line error naming the wrong magic
+    shape = [int.from_bytes(header[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    if shape[0] > MAX_IDX_ITEMS:
+        raise ValueError(f"{where} declares {shape[0]:,} items, more than any EMNIST split "
+                         f"({MAX_IDX_ITEMS:,}): the archive is damaged or hostile")
+    return len(header) + math.prod(shape)
 
 
 def parse_idx(data: bytes, expected_dims, where="IDX data"):
@@ -451,9 +617,9 @@ def read_emnist_capitals(archive, usage):
     """
     archive = Path(archive)
     images_member, labels_member = _members(usage)
-    images = parse_idx(_read_member(archive, images_member), (None, IMAGE_SIZE, IMAGE_SIZE),
+    images = parse_idx(_read_member(archive, images_member, 3), (None, IMAGE_SIZE, IMAGE_SIZE),
                        where=f"{images_member} in {archive}")
-    labels = parse_idx(_read_member(archive, labels_member), (None,), where=f"{labels_member} in {archive}")
+    labels = parse_idx(_read_member(archive, labels_member, 1), (None,), where=f"{labels_member} in {archive}")
     if len(images) != len(labels):
         raise ValueError(f"{archive}: {usage} split has {len(images)} images but {len(labels)} labels; "
                          "expected equal counts: the archive is damaged, download it again")
@@ -476,7 +642,15 @@ def _load_emnist(archive, train_size, test_size, seed, cache_dir, note):
             splits.append((images[chosen], labels[chosen]))
         return splits
 
-    source = DataSource("emnist", path=str(archive), seed=seed, note=note)
+    verified, md5 = None, None
+    if archive.is_file():
+        md5, _ = archive_digests(archive)
+        verified = md5 == NIST_MD5
+        if not verified:
+            warnings.warn(f"{archive} is not NIST's gzip.zip byte for byte (MD5 {md5}, NIST's is {NIST_MD5}); "
+                          "reading it since its structure is checked, and results will say 'unverified "
+                          "archive'", stacklevel=3)
+    source = DataSource("emnist", path=str(archive), seed=seed, note=note, verified=verified, md5=md5)
     return _finish(_cached(cache_dir, key, build), source)
 
 

@@ -1,11 +1,14 @@
 """data_prepro: the real loader, downloads, synthetic letters, noise and every error."""
 import gzip
+import hashlib
 import http.server
+import json
 import logging
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,26 +216,39 @@ def test_seed_must_be_non_negative_integer():
 # ---------------------------------------------------------------- download
 
 class _Server:
+    """A loopback HTTP server of the archive: ``/gzip.zip`` (honours Range), ``/drop.zip`` (dies half-way
+    the first time), ``/norange.zip`` (ignores Range), ``/other.zip`` (other bytes). Records requests."""
+
     def __init__(self, payload):
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
+                byte_range = self.headers.get("Range")
                 server.requests.append(self.path)
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(payload)))
+                server.ranges.append(byte_range)
+                body = payload if self.path != "/other.zip" else payload[:-1] + bytes([payload[-1] ^ 1])
+                start = 0
+                if byte_range and self.path in ("/gzip.zip", "/drop.zip"):
+                    start = int(byte_range.removeprefix("bytes=").split("-")[0])
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(body) - start))
                 self.end_headers()
-                if self.path == "/drop.zip":  # the connection dies half-way
-                    self.wfile.write(payload[: len(payload) // 2])
+                if self.path in ("/drop.zip", "/dropfirst.zip") and server.drops > 0:
+                    server.drops -= 1  # the connection dies half-way
+                    self.wfile.write(body[start:len(body) // 2])
                     self.wfile.flush()
                     self.connection.shutdown(2)
                     return
-                self.wfile.write(payload)
+                self.wfile.write(body[start:])
 
             def log_message(self, *args):
                 pass
 
-        self.requests = []
+        self.requests, self.ranges, self.drops = [], [], 1
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
@@ -250,31 +266,134 @@ def server(tiny_zip):
     running.close()
 
 
-def test_download_complete(server, tiny_zip, tmp_path):
+def md5_of(path):
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def test_download_complete_and_verified(server, tiny_zip, tmp_path):
     destination = tmp_path / "cache" / "emnist.zip"
-    got = data_prepro.download_emnist(destination, urls=[f"{server.url}/gzip.zip"], probe_timeout=3)
+    got = data_prepro.download_emnist(destination, urls=[f"{server.url}/gzip.zip"], probe_timeout=3,
+                                      expected_md5=md5_of(tiny_zip[0]))
     assert got == destination and destination.read_bytes() == tiny_zip[0].read_bytes()
-    assert not list(destination.parent.glob("*.part"))
+    assert not list(destination.parent.glob("*.part*"))
+    record = json.loads((destination.parent / "emnist.zip.digests.json").read_text())
+    assert record["md5"] == md5_of(tiny_zip[0])
+    assert record["sha256"] == hashlib.sha256(tiny_zip[0].read_bytes()).hexdigest()
 
 
-def test_auto_downloads_into_the_cache(server, tmp_path, monkeypatch):
+def test_auto_downloads_into_the_cache_and_trusts_the_record(server, tiny_zip, tmp_path, monkeypatch):
+    monkeypatch.setattr(data_prepro, "NIST_MD5", md5_of(tiny_zip[0]))
     monkeypatch.setattr(data_prepro, "download_urls", lambda: [f"{server.url}/gzip.zip"])
     loaded = data_prepro.input_read("auto", cache_dir=tmp_path)
-    assert loaded.source.kind == "emnist" and (tmp_path / "emnist.zip").is_file()
+    assert loaded.source.kind == "emnist" and loaded.source.verified is True
+    assert "unverified" not in loaded.source.describe()
     assert server.requests == ["/gzip.zip"]
+    # Later runs read the recorded digest instead of hashing the archive again.
+    hashed = []
+    monkeypatch.setattr(data_prepro.hashlib, "md5", lambda *a: hashed.append(1) or hashlib.md5(*a))
+    data_prepro.input_read("auto", cache_dir=tmp_path, train_size=26)
+    assert hashed == []
 
 
-def test_dropped_connection_leaves_no_cache_and_tries_the_next_address(server, tmp_path):
+def test_a_wrong_digest_is_deleted_and_the_next_address_tried(server, tiny_zip, tmp_path, caplog):
     destination = tmp_path / "emnist.zip"
+    got = data_prepro.download_emnist(destination, urls=[f"{server.url}/other.zip", f"{server.url}/gzip.zip"],
+                                      expected_md5=md5_of(tiny_zip[0]))
+    assert got.read_bytes() == tiny_zip[0].read_bytes() and server.requests == ["/other.zip", "/gzip.zip"]
+    assert f"{server.url}/other.zip served an archive with MD5" in caplog.text
+    assert f"not NIST's {md5_of(tiny_zip[0])}" in caplog.text and "SHA-256" in caplog.text
+    with pytest.raises(ConnectionError, match=r"could not download EMNIST: .*other.zip: MD5 \w+ is not NIST's"):
+        data_prepro.download_emnist(tmp_path / "again.zip", urls=[f"{server.url}/other.zip"],
+                                    expected_md5=md5_of(tiny_zip[0]))
+    assert not (tmp_path / "again.zip").exists() and not list(tmp_path.glob("again.zip.part*"))
+
+
+def test_a_cut_transfer_resumes_with_a_range_request(server, tiny_zip, tmp_path):
+    destination = tmp_path / "emnist.zip"
+    url = f"{server.url}/drop.zip"
     with pytest.raises(ConnectionError, match=r"could not download EMNIST: .*drop.zip"):
-        data_prepro.download_emnist(destination, urls=[f"{server.url}/drop.zip"])
-    assert not destination.exists() and not list(tmp_path.glob("*.part"))
-    got = data_prepro.download_emnist(destination, urls=[f"{server.url}/drop.zip", f"{server.url}/gzip.zip"])
-    assert got.is_file() and server.requests == ["/drop.zip", "/drop.zip", "/gzip.zip"]
+        data_prepro.download_emnist(destination, urls=[url], expected_md5=md5_of(tiny_zip[0]))
+    partial = tmp_path / "emnist.zip.part"
+    kept = partial.stat().st_size
+    assert not destination.exists() and 0 < kept < tiny_zip[0].stat().st_size
+    assert json.loads((tmp_path / "emnist.zip.part.json").read_text())["url"] == url
+    got = data_prepro.download_emnist(destination, urls=[url], expected_md5=md5_of(tiny_zip[0]))
+    assert got.read_bytes() == tiny_zip[0].read_bytes()
+    assert server.ranges == [None, f"bytes={kept}-"]
+    assert not list(tmp_path.glob("*.part*"))
+
+
+def test_a_server_that_ignores_range_restarts_from_zero(server, tiny_zip, tmp_path):
+    destination = tmp_path / "emnist.zip"
+    url = f"{server.url}/norange.zip"
+    (tmp_path / "emnist.zip.part").write_bytes(tiny_zip[0].read_bytes()[:100] + b"stale bytes")
+    (tmp_path / "emnist.zip.part.json").write_text(json.dumps({"url": url, "total": None}))
+    got = data_prepro.download_emnist(destination, urls=[url], expected_md5=md5_of(tiny_zip[0]))
+    assert server.ranges[0] == "bytes=111-"  # asked to continue, got the whole file: written from zero
+    assert got.read_bytes() == tiny_zip[0].read_bytes()
+
+
+def test_a_member_inflating_beyond_its_header_is_refused_without_allocating_it(tmp_path, monkeypatch):
+    splits = tiny_splits()
+    images, labels = splits["train"]
+    header = bytes([0, 0, 0x08, 3]) + b"".join(int(d).to_bytes(4, "big") for d in (len(images), 28, 28))
+    bomb = gzip.compress(header + bytes(len(images) * 784 + 50 * 2 ** 20), compresslevel=9)  # 50 MiB extra zeros
+    path = write_nist_zip(tmp_path / "gzip.zip", splits,
+                          members={"gzip/emnist-balanced-train-images-idx3-ubyte.gz": bomb})
+    produced = []
+    real = data_prepro._inflate_idx
+
+    def watched(stream, where, ndim, piece=1 << 20):
+        result = real(stream, where, ndim, piece)
+        produced.append(len(result))
+        return result
+
+    monkeypatch.setattr(data_prepro, "_inflate_idx", watched)
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.gz in .* inflates beyond the [\d,]+ bytes "
+                                         r"its IDX header declares"):
+        data_prepro.read_emnist_capitals(path, "train")
+    assert produced == []  # stopped inside the inflation, never returned 50 MiB
+
+
+def test_a_header_declaring_too_many_items_is_refused(tmp_path):
+    header = bytes([0, 0, 0x08, 1]) + (4_000_000_000).to_bytes(4, "big")
+    path = write_nist_zip(tmp_path / "gzip.zip", tiny_splits(),
+                          members={"gzip/emnist-balanced-train-labels-idx1-ubyte.gz": gzip.compress(header)})
+    with pytest.raises(ValueError, match=r"declares 4,000,000,000 items, more than any EMNIST split"):
+        data_prepro.read_emnist_capitals(path, "train")
+
+
+def test_unexpected_member_names_are_never_extracted(tmp_path):
+    evil = tmp_path / "evil.txt"
+    path = write_nist_zip(tmp_path / "gzip.zip", tiny_splits(), members={"../evil.txt": b"x", "/tmp/x.gz": b"y"})
+    data_prepro.read_emnist_capitals(path, "train")
+    assert not evil.exists() and not list(tmp_path.rglob("*.gz"))
+
+
+def test_a_hand_placed_archive_with_another_digest_is_read_with_a_warning(tiny_zip, tmp_path):
+    path, _ = tiny_zip
+    with pytest.warns(UserWarning, match=r"is not NIST's gzip.zip byte for byte \(MD5 [0-9a-f]{32}"):
+        loaded = data_prepro.input_read(path, cache_dir=tmp_path / "cache")
+    assert loaded.source.verified is False and loaded.source.md5 == md5_of(path)
+    assert f"(unverified archive, MD5 {md5_of(path)})" in loaded.source.describe()
+
+
+def test_unverified_archive_is_named_in_results_and_report(tiny_zip, tmp_path):
+    import assignment_5
+
+    path, _ = tiny_zip
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="not NIST's gzip.zip"):
+        code = assignment_5.main(["--data", str(path), "--models", "ae", "--epochs", "1", "--precision", "float32",
+                                  "--train-size", "52", "--test-size", "26", "--out", str(out)])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["data"]["verified"] is False and results["data"]["md5"] == md5_of(path)
+    assert f"unverified archive, MD5 {md5_of(path)}" in (out / "report.md").read_text()
 
 
 def test_auto_falls_back_to_synthetic_within_seconds(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_prepro, "download_urls", lambda: [closed_port_url(), "http://192.0.2.1:9/gzip.zip"])
+    monkeypatch.setattr(data_prepro, "download_urls", lambda: [closed_port_url(), closed_port_url()])
     start = time.perf_counter()
     with pytest.warns(UserWarning, match=r"Using SYNTHETIC letters, not EMNIST: .*EMNIST_PATH"):
         loaded = data_prepro.input_read("auto", train_size=26, test_size=26, cache_dir=tmp_path)
