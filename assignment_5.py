@@ -143,6 +143,52 @@ def config_from_args(args, parser):
     return config
 
 
+# Bytes per image held at once (float32 28x28 = 3,136 B): training images as
+# float32, their TensorFlow-resident copy and the uint8 cache; test images as
+# float32, the noisy test copy, the fixed noisy validation copy, its resident
+# pair and the uint8 cache. Measured against /usr/bin/time's peak: the
+# default study (62,400 + 10,400 images) peaks near 2.3 GiB with everything.
+TRAIN_BYTES_PER_IMAGE = 784 * (4 + 4 + 1)
+TEST_BYTES_PER_IMAGE = 784 * (4 + 4 + 4 + 8 + 1)
+BASE_BYTES = 1.5 * 2 ** 30  # TensorFlow, the models, evaluation buffers, figures
+
+
+def memory_needed(train_size, test_size, processes=1):
+    """Estimated peak bytes of a run: the data (each process holds its own) plus a fixed base."""
+    train = train_size or data_prepro.EMNIST_TRAIN_CAPITALS
+    test = test_size or data_prepro.EMNIST_TEST_CAPITALS
+    return processes * (BASE_BYTES + train * TRAIN_BYTES_PER_IMAGE + test * TEST_BYTES_PER_IMAGE)
+
+
+def available_memory():
+    """Bytes the system can give without swapping (MemAvailable), or ``None`` where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(config, processes=1):
+    """Refuse, before anything large is allocated, sizes whose data cannot fit in this machine's memory."""
+    available = available_memory()
+    need = memory_needed(config.train_size, config.test_size, processes)
+    if available is None or need <= available:
+        return
+    test = config.test_size or data_prepro.EMNIST_TEST_CAPITALS
+    train = config.train_size or data_prepro.EMNIST_TRAIN_CAPITALS
+    flag, size, per_image = (("--train-size", train, TRAIN_BYTES_PER_IMAGE)
+                             if train * TRAIN_BYTES_PER_IMAGE >= test * TEST_BYTES_PER_IMAGE
+                             else ("--test-size", test, TEST_BYTES_PER_IMAGE))
+    room = available / processes - (need / processes - size * per_image)
+    largest = max(0, int(room // per_image))
+    raise UsageError(f"{flag} {size:,} needs about {need / 2 ** 30:.1f} GiB of memory"
+                     f"{f' over {processes} workers' if processes > 1 else ''}, and this machine has "
+                     f"{available / 2 ** 30:.1f} GiB available; the largest {flag} that fits is about {largest:,}")
+
+
 def placement_from_args(args, parser):
     """``(workers, scheduler)``: where the cells run; bad values exit via parser.error (status 2)."""
     workers = parse_list(parser, "workers", args.workers)[0]
@@ -227,10 +273,84 @@ def _json_default(value):
 
 
 def read_json(path: Path, default):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+    """The JSON object in ``path``; ``default`` if it is absent. A damaged file is set aside as
+    ``<name>.damaged`` (never deleted) with a warning, and ``default`` returned: the caller rebuilds it."""
+    if not path.exists():
         return default
+    try:
+        data = json.loads(path.read_text())
+        if isinstance(data, dict):
+            return data
+        raise ValueError("not a JSON object")
+    except (OSError, ValueError) as error:
+        kept = path.with_name(path.name + ".damaged")
+        try:
+            os.replace(path, kept)
+        except OSError:
+            kept = path
+        warn(f"{path} is unreadable ({str(error).splitlines()[0][:80]}); kept as {kept.name} and rebuilt "
+             "from the finished models")
+        return default
+
+
+def warn(message):
+    """One warning line on stderr."""
+    print(f"assignment_5.py: warning: {message}", file=sys.stderr, flush=True)
+
+
+def data_description(source, train, test):
+    """The data's entry in results.json: source, description, path, counts, and the archive's verification."""
+    info = {"source": source.kind, "description": source.describe(), "path": source.path, "train": train,
+            "test": test}
+    if source.kind == "emnist":
+        info.update(verified=source.verified, md5=source.md5)
+    return info
+
+
+def same_data(stored, current):
+    """Whether results on ``stored`` data (or none yet) may be joined by results on ``current`` data."""
+    return stored is None or all(stored.get(key) == current.get(key) for key in ("source", "path", "train", "test"))
+
+
+class OutLock:
+    """An exclusive lock on ``out/.lock`` for as long as this run uses the folder.
+
+    A second run on the same ``--out`` is refused at once. The lock is the
+    operating system's (``flock``): it goes with the process, so a run that
+    was killed (SIGKILL, power cut) never blocks the next one.
+    """
+
+    def __init__(self, out: Path):
+        self.out, self.file = out, None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:  # no flock on this platform: runs are not guarded
+            return self
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.out / ".lock", "a+")
+        except OSError as error:
+            raise UsageError(f"--out {self.out} is not a writable folder ({error.strerror or error}); "
+                             "choose another --out") from None
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise UsageError(f"--out {self.out} is in use by another run ({holder}); wait for it to finish "
+                             "or choose another --out") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()}")
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc):
+        if self.file is not None:
+            self.file.close()  # releases the lock
 
 
 class Progress:
@@ -250,21 +370,28 @@ class Progress:
 # The study
 # --------------------------------------------------------------------------
 
-def run_study(config: StudyConfig, out: Path, verbose="auto"):
-    """Run (or resume) the study into ``out``; return the results dict."""
+def run_study(config: StudyConfig, out: Path, verbose=None):
+    """Run (or resume) the study into ``out``; return the results dict.
+
+    ``verbose`` is Keras' ``fit`` verbosity; by default a progress bar on a
+    terminal and one line per epoch when stdout goes to a file.
+    """
+    if verbose is None:
+        verbose = "auto" if sys.stdout.isatty() else 2
     progress = Progress()
+    check_memory(config)
     prepare_out(out, config)
     loaded = data_prepro.input_read(config.data, train_size=config.train_size, test_size=config.test_size,
                                     seed=config.seed)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # TensorFlow starts here, once the flags, folder and data are known to be good.
+    import startup
+
+    startup.start_tensorflow()
     import evaluation
     import models
     import plots
-    import tensorflow as tf
     import training
-
-    tf.get_logger().setLevel("ERROR")  # retracing notices of the evaluation steps
     (x_train, y_train), (x_test, y_test) = loaded
     source = loaded.source
     progress(f"data: {source.describe()}; {len(x_train)} train and {len(x_test)} test images")
@@ -272,9 +399,8 @@ def run_study(config: StudyConfig, out: Path, verbose="auto"):
 
     results_path = out / "results.json"
     results = read_json(results_path, {})
-    data_info = {"source": source.kind, "description": source.describe(), "path": source.path,
-                 "train": len(x_train), "test": len(x_test)}
-    if results.get("data") not in (None, data_info):
+    data_info = data_description(source, len(x_train), len(x_test))
+    if not same_data(results.get("data"), data_info):
         raise UsageError(f"--out {out} holds results on other data ({results['data']['description']}); "
                          "choose another --out")
     results["data"] = data_info
@@ -285,9 +411,14 @@ def run_study(config: StudyConfig, out: Path, verbose="auto"):
     for index, name in enumerate(config.models):
         final_path = out / f"{name}.keras"
         if name in results["models"] and final_path.is_file():
-            trained[name] = models.load_model(final_path)
-            progress(f"{name}: already finished, loaded {final_path.name}")
-            continue
+            try:
+                trained[name] = models.load_model(final_path)
+                progress(f"{name}: already finished, loaded {final_path.name}")
+                continue
+            except Exception as error:  # a damaged file: evaluate again from the last checkpoint
+                warn(f"{final_path} is unreadable ({str(error).splitlines()[0][:80]}); evaluating {name} again "
+                     "from its last checkpoint")
+                results["models"].pop(name)
         path = training.choose_fast_path(name, config.latent_dim, beta=config.beta, batch_size=config.batch_size,
                                          precision=config.precision)
         progress(f"{name}: fast path {path.describe()}"
@@ -296,16 +427,21 @@ def run_study(config: StudyConfig, out: Path, verbose="auto"):
                                    precision=path.precision)
         progress(f"{name}: training {config.epochs} epochs ({models.precision_of(model)}, "
                  f"{models.parameter_counts(model)['total']:,} parameters)")
-        fitted = training.train_model(model, x_train, x_test, run_dir=out / "checkpoints" / name,
-                                      epochs=config.epochs, batch_size=config.batch_size,
-                                      noise_std=config.noise_std, seed=config.seed + index,
-                                      learning_rate=config.learning_rate, shards=path.shards, verbose=verbose)
+        try:
+            fitted = training.train_model(model, x_train, x_test, run_dir=out / "checkpoints" / name,
+                                          epochs=config.epochs, batch_size=config.batch_size,
+                                          noise_std=config.noise_std, seed=config.seed + index,
+                                          learning_rate=config.learning_rate, shards=path.shards, verbose=verbose)
+        except training.NonFiniteLossError as error:
+            raise UsageError(f"{name}: training diverged in epoch {error.epoch} (the loss became NaN or "
+                             f"infinite); lower --learning-rate (now {config.learning_rate:g}); "
+                             f"{len(results['models'])} finished models are kept in {results_path}") from None
         model = fitted.model
         if fitted.resumed_from:
             progress(f"{name}: resumed after epoch {fitted.resumed_from}")
         progress(f"{name}: trained in {fitted.train_seconds:.1f} s; evaluating")
         test = evaluation.evaluate(model, x_test_noisy, x_test, seed=config.seed)
-        model.save(final_path)
+        models.save_model(model, final_path)
         results["models"][name] = {
             "params": models.parameter_counts(model), "precision": models.precision_of(model),
             "fast_path": dataclasses.asdict(path),
@@ -344,17 +480,18 @@ def run_sweep(config: StudyConfig, out: Path, *, workers=1, scheduler=None):
             sweep.connect_check(scheduler)
         except OSError as error:
             raise UsageError(str(error)) from None
+    # Each worker process holds its own copy of the data, and so does this one.
+    check_memory(config, processes=1 if scheduler or workers == 1 else workers + 1)
     prepare_out(out, config)
     loaded = data_prepro.input_read(config.data, train_size=config.train_size, test_size=config.test_size,
                                     seed=config.seed)
     (_, _), (x_test, y_test) = loaded
     source = loaded.source
-    data_info = {"source": source.kind, "description": source.describe(), "path": source.path,
-                 "train": len(loaded[0][0]), "test": len(x_test)}
+    data_info = data_description(source, len(loaded[0][0]), len(x_test))
     progress(f"data: {source.describe()}; {data_info['train']} train and {data_info['test']} test images")
     results_path = out / "results.json"
     results = read_json(results_path, {})
-    if results.get("data") not in (None, data_info):
+    if not same_data(results.get("data"), data_info):
         raise UsageError(f"--out {out} holds results on other data ({results['data']['description']}); "
                          "choose another --out")
     cells = sweep.expand_cells(config.models, config.values("latent_dim"), config.values("noise_std"),
@@ -380,12 +517,12 @@ def run_sweep(config: StudyConfig, out: Path, *, workers=1, scheduler=None):
     write_json(results_path, results)
 
     # Today's per-model figures and results from the first seed of each model's first setting.
+    import startup
+
+    startup.start_tensorflow()
     import evaluation
     import models
     import plots
-    import tensorflow as tf
-
-    tf.get_logger().setLevel("ERROR")  # retracing notices of the evaluation steps
 
     first = {}
     for cell, result in zip(cells, cell_results):
@@ -427,6 +564,10 @@ def sweep_figures(out, config, cells, cell_results, summary, plots):
     if histories:
         figures["learning_curves_seeds"] = "learning_curves_seeds.png"
         plots.plot_learning_curve_bands(histories, "loss", path=out / figures["learning_curves_seeds"])
+    first_rows = [row for row in summary if all(row[s] == v for s, v in firsts.items()) and row["n"]]
+    if first_rows:
+        figures["comparison_seeds"] = "comparison_seeds.png"
+        plots.plot_comparison_across_seeds(first_rows, _SWEEP_METRICS, path=out / figures["comparison_seeds"])
     for setting in ("latent_dim", "noise_std", "beta"):
         if len(config.values(setting)) < 2:
             continue
@@ -474,6 +615,7 @@ def render_sweep_report(config, results, figures):
         summary_table(results["summary"]), "",
     ]
     for key, title in (("learning_curves_seeds", "Learning curves across seeds"),
+                       ("comparison_seeds", "Comparison across seeds (first setting)"),
                        ("against_latent_dim", "Against the latent size"), ("against_noise_std", "Against the noise"),
                        ("against_beta", "Against beta"), ("comparison", "Comparison (first seed)"),
                        ("learning_curves", "Learning curves (first seed)")):
@@ -601,15 +743,16 @@ def main(argv=None) -> int:
     workers, scheduler = placement_from_args(args, parser)
     out = Path(args.out).expanduser()
     try:
-        if config.is_sweep or workers > 1 or scheduler is not None:
-            results = run_sweep(config, out, workers=workers, scheduler=scheduler)
-            failed = [cell for cell in results["cells"] if cell.get("status") != "done"]
-            if failed:
-                print(f"assignment_5.py: error: {len(failed)} of {len(results['cells'])} cells failed, "
-                      f"first {failed[0]['name']}: {failed[0].get('error')}", file=sys.stderr)
-                return 1
-        else:
-            run_study(config, out)
+        with OutLock(out):
+            if config.is_sweep or workers > 1 or scheduler is not None:
+                results = run_sweep(config, out, workers=workers, scheduler=scheduler)
+                failed = [cell for cell in results["cells"] if cell.get("status") != "done"]
+                if failed:
+                    print(f"assignment_5.py: error: {len(failed)} of {len(results['cells'])} cells failed, "
+                          f"first {failed[0]['name']}: {failed[0].get('error')}", file=sys.stderr)
+                    return 1
+            else:
+                run_study(config, out)
     except UsageError as error:
         print(f"assignment_5.py: error: {error}", file=sys.stderr)
         return 2

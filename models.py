@@ -17,6 +17,8 @@ its layers, weights and saved files are the report's either way.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import fastpath  # sets TensorFlow's thread options before TensorFlow starts
 import keras
@@ -381,6 +383,14 @@ def parameter_counts(model):
     """``{"encoder": n, "decoder": n, "total": n}`` trainable + non-trainable parameters."""
     encoder, decoder = model.encoder.count_params(), model.decoder.count_params()
     return {"encoder": encoder, "decoder": decoder, "total": encoder + decoder}
+
+
+def save_model(model, path):
+    """Save ``model`` to ``path`` (``.keras``) atomically: a run killed while saving leaves the old file or none."""
+    path = Path(path)
+    partial = path.with_name(f".{path.stem}.part.keras")
+    model.save(partial)
+    os.replace(partial, path)
 
 
 def load_model(path):

@@ -380,3 +380,35 @@ def plot_metric_against_setting(summary, setting, metrics, fixed=None, path=None
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=7)
     return _finish(figure, path)
+
+
+def plot_comparison_across_seeds(summary, metrics, path=None):
+    """Test metrics side by side per model (one setting), mean with 95 % intervals as error bars.
+
+    Args:
+        summary: rows of ``sweep.summarise`` for one setting, one per model.
+        metrics: ``[(key, label), ...]``, one axis each.
+
+    Returns:
+        Figure with one bar axis per metric.
+    """
+    if not summary:
+        raise ValueError("Expected summary rows of at least one model. Received: none")
+    figure = Figure(figsize=(4.2 * len(metrics), 3.6), layout="constrained")
+    axes = figure.subplots(1, len(metrics), squeeze=False)[0]
+    names = [row["model"] for row in summary]
+    for axis, (key, label) in zip(axes, metrics):
+        means, lows, highs = [], [], []
+        for row in summary:
+            stats = row["metrics"].get(key)
+            means.append(stats["mean"] if stats else np.nan)
+            interval = stats["ci95"] if stats and stats["ci95"] else None
+            lows.append(stats["mean"] - interval[0] if interval else 0.0)
+            highs.append(interval[1] - stats["mean"] if interval else 0.0)
+        axis.bar(names, means, yerr=[lows, highs], capsize=4, color=[f"C{i}" for i in range(len(names))])
+        finite = [m for m in means if np.isfinite(m)]
+        if finite and key != "loss" and key != "log_likelihood":
+            axis.set_ylim(min(finite) - 0.1 * abs(min(finite)), max(finite) + 0.1 * abs(max(finite)))
+        axis.set_title(f"{label} (n = {summary[0]['n']})", fontsize=10)
+        axis.grid(alpha=0.3, axis="y")
+    return _finish(figure, path)

@@ -100,13 +100,13 @@ def run_cell(cell: Cell, job: CellJob):
     finished = _read_json(done_file)
     if finished is not None and finished.get("status") == "done":
         return finished
-    import data_prepro  # here, not at import: a worker starts TensorFlow only when it works
+    import startup  # here, not at import: a worker starts TensorFlow only when it works
+
+    startup.start_tensorflow()
+    import data_prepro
     import evaluation
     import models
-    import tensorflow as tf
     import training
-
-    tf.get_logger().setLevel("ERROR")  # retracing notices: each cell builds its own steps
 
     started = time.perf_counter()
     (x_train, _), (x_test, _) = data_prepro.input_read(job.data, train_size=job.train_size,
@@ -127,7 +127,7 @@ def run_cell(cell: Cell, job: CellJob):
         _write_json(done_file, result)
         return result
     test = evaluation.evaluate(fitted.model, x_test_noisy, x_test, seed=cell.study_seed)
-    fitted.model.save(folder / "model.keras")
+    models.save_model(fitted.model, folder / "model.keras")
     result.update(status="done", test=test, history=fitted.history, epochs=fitted.epochs,
                   train_seconds=round(fitted.train_seconds, 2), resumed_from=fitted.resumed_from,
                   precision=models.precision_of(fitted.model), fast_path=dataclasses.asdict(path),

@@ -29,7 +29,7 @@ import tensorflow as tf
 import fastpath
 from data_prepro import IMAGE_SIZE, as_model_input, check_images, check_positive_int, noise_addition
 from fastpath import FusedAdam
-from models import DenoisingVAE, build_model, load_model
+from models import DenoisingVAE, build_model, load_model, save_model
 
 LOGGER = logging.getLogger("training")
 
@@ -57,7 +57,11 @@ class TrainingResult:
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or infinite loss."""
+    """Training produced a NaN or infinite loss; ``epoch`` is the epoch it happened in."""
+
+    def __init__(self, message, epoch=None):
+        super().__init__(message)
+        self.epoch = epoch
 
 
 class _EpochCheckpoint(keras.callbacks.Callback):
@@ -86,15 +90,13 @@ class _EpochCheckpoint(keras.callbacks.Callback):
         if bad:
             raise NonFiniteLossError(
                 f"training diverged: {bad[0]} became {logs[bad[0]]} in epoch {epoch + 1}; "
-                f"the run folder keeps epoch {epoch}; lower the learning rate or check the data")
+                f"the run folder keeps epoch {epoch}; lower the learning rate or check the data", epoch=epoch + 1)
         seconds = self.seconds_before + time.perf_counter() - self.started
         row = {"epoch": epoch + 1, **logs, "seconds": seconds}
         self.history.append(row)
         _write_history(self.run_dir / "history.csv", self.history)
         path = self.run_dir / f"checkpoint-epoch{epoch + 1}.keras"
-        partial = self.run_dir / f".checkpoint-epoch{epoch + 1}.keras.part.keras"
-        self.model.save(partial)
-        os.replace(partial, path)
+        save_model(self.model, path)
         _atomic_json(self.run_dir / "progress.json", {**self.metadata, "epochs_done": epoch + 1,
                                                        "train_seconds": seconds})
         for old in self.run_dir.glob("checkpoint-epoch*.keras"):
@@ -103,14 +105,22 @@ class _EpochCheckpoint(keras.callbacks.Callback):
 
 
 class _StopOnNonFiniteBatch(keras.callbacks.Callback):
-    """Raises as soon as a batch's running loss is NaN or infinite."""
+    """Raises as soon as a batch's running loss is NaN or infinite, naming the epoch and batch."""
+
+    def __init__(self, learning_rate):
+        super().__init__()
+        self.learning_rate = learning_rate
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
         loss = float((logs or {}).get("loss", 0.0))
         if not math.isfinite(loss):
             raise NonFiniteLossError(
-                f"training diverged: loss became {loss} at batch {batch + 1}; "
-                "lower the learning rate or check the data")
+                f"training diverged: loss became {loss} in epoch {self.epoch + 1} at batch {batch + 1}; "
+                f"lower the learning rate (now {self.learning_rate:g}) or check the data", epoch=self.epoch + 1)
 
 
 def _write_history(path, rows):
@@ -134,10 +144,16 @@ def read_history(run_dir):
     path = Path(run_dir) / "history.csv"
     if not path.is_file():
         return []
-    with open(path, newline="") as file:
-        rows = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(file)]
-    for row in rows:
-        row["epoch"] = int(row["epoch"])
+    rows = []
+    try:
+        with open(path, newline="") as file:
+            for row in csv.DictReader(file):
+                parsed = {key: float(value) for key, value in row.items()}
+                parsed["epoch"] = int(parsed["epoch"])
+                rows.append(parsed)
+    except (OSError, ValueError, TypeError, csv.Error) as error:  # a damaged row: keep the rows before it
+        LOGGER.warning("%s is damaged after %d rows (%s); the checkpoints decide where training resumes",
+                       path, len(rows), str(error).splitlines()[0][:80])
     return rows
 
 
@@ -293,7 +309,7 @@ def train_model(model, x_train, x_val, *, run_dir, epochs=20, batch_size=100, no
         model.compile(optimizer=FusedAdam(learning_rate),
                       steps_per_execution=steps_per_execution or default_steps_per_execution(batches),
                       jit_compile=jit_compile)
-    callbacks = [_StopOnNonFiniteBatch(), _EpochCheckpoint(run_dir, history, seconds_before, metadata),
+    callbacks = [_StopOnNonFiniteBatch(learning_rate), _EpochCheckpoint(run_dir, history, seconds_before, metadata),
                  *callbacks]
     early = None
     if early_stopping_patience is not None:
@@ -309,7 +325,7 @@ def train_model(model, x_train, x_val, *, run_dir, epochs=20, batch_size=100, no
         model.train_function = None
     stopped = bool(early is not None and early.stopped_epoch > 0)
     if stopped:
-        model.save(run_dir / "best.keras")
+        save_model(model, run_dir / "best.keras")
     total_seconds = history[-1]["seconds"] if history else seconds_before
     return TrainingResult(model, _columns(history), len(history), total_seconds, resumed_from=done,
                           stopped_early=stopped)

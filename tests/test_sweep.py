@@ -121,7 +121,7 @@ def test_two_worker_local_cluster_sweep_writes_every_cell_csv_summary_and_figure
     assert set(results["summary"][0]["metrics"]["loss"]) == {"mean", "std", "ci95", "n"}
     with open(out / "sweep.csv", newline="") as file:
         assert len(list(csv.DictReader(file))) == 4
-    for figure in ("learning_curves_seeds.png", "against_latent_dim.png", "comparison.png",
+    for figure in ("learning_curves_seeds.png", "against_latent_dim.png", "comparison.png", "comparison_seeds.png",
                    "reconstructions_ae.png"):
         assert (out / figure).stat().st_size > 0
     report = (out / "report.md").read_text()

@@ -1,0 +1,196 @@
+"""Faults a user causes: Ctrl-C, two runs on one folder, a killed run's lock, divergence, damaged files, noise."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import assignment_5
+import startup
+import training
+from conftest import REPO
+
+SLOW = ["--data", "synthetic", "--train-size", "2600", "--test-size", "52", "--epochs", "6", "--models", "ae",
+        "--precision", "float32"]
+SMALL = ["--data", "synthetic", "--train-size", "260", "--test-size", "52", "--epochs", "1", "--precision", "float32"]
+
+
+def launch(flags, out):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, str(REPO / "assignment_5.py"), *flags, "--out", str(out)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_for(condition, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def checkpoint_saved(out):
+    return lambda: any((out / "checkpoints" / "ae").glob("checkpoint-epoch*.keras"))
+
+
+def test_ctrl_c_stops_with_one_line_and_the_same_command_resumes(tmp_path):
+    out = tmp_path / "run"
+    process = launch(SLOW, out)
+    try:
+        assert wait_for(checkpoint_saved(out)), "no epoch finished"
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines == [f"assignment_5.py: interrupted; run the same command again to resume from {out}"], stderr
+    # The terminal shows the package's lines only, and a redirected stdout has no progress-bar controls.
+    assert "\r" not in stdout and "\x1b" not in stdout
+    assert "ae: training 6 epochs" in stdout
+    done = len(training.read_history(out / "checkpoints" / "ae"))
+    resumed = launch(SLOW, out)
+    stdout, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr
+    assert f"ae: resumed after epoch {done}" in stdout or "ae: resumed after epoch" in stdout
+    assert not [line for line in stderr.splitlines() if line.strip()], stderr
+    assert [row["epoch"] for row in training.read_history(out / "checkpoints" / "ae")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_second_run_on_the_same_out_is_refused_and_a_killed_runs_lock_blocks_nothing(tmp_path):
+    out = tmp_path / "run"
+    first = launch(SLOW, out)
+    try:
+        assert wait_for(lambda: (out / ".lock").is_file() and (out / ".lock").read_text().startswith("pid"))
+        second = launch(SLOW, out)
+        _, stderr = second.communicate(timeout=120)
+        assert second.returncode == 2
+        assert stderr.strip() == (f"assignment_5.py: error: --out {out} is in use by another run "
+                                  f"(pid {first.pid}); wait for it to finish or choose another --out")
+        assert first.poll() is None  # the first run goes on
+        assert wait_for(checkpoint_saved(out))
+        first.send_signal(signal.SIGKILL)  # dies holding the lock
+        first.wait(timeout=60)
+    finally:
+        first.kill()
+    third = launch(SLOW, out)
+    stdout, stderr = third.communicate(timeout=300)
+    assert third.returncode == 0, stderr
+    assert "ae: resumed after epoch" in stdout
+
+
+def test_a_diverging_model_names_model_epoch_and_flag_and_keeps_finished_results(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    real = training.train_model
+
+    def diverge_for_arch2(model, *args, **kwargs):
+        if model.architecture == "arch2":
+            raise training.NonFiniteLossError("training diverged: loss became nan in epoch 1 at batch 2", epoch=1)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(training, "train_model", diverge_for_arch2)
+    assert assignment_5.main(SMALL + ["--models", "ae,arch2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "arch2: training diverged in epoch 1" in err and "lower --learning-rate (now 0.001)" in err
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["models"]) == {"ae"}
+
+
+def test_a_real_divergence_names_its_epoch(tmp_path):
+    x = __import__("numpy").random.default_rng(0).random((200, 28, 28, 1)).astype("float32")
+    import models
+
+    with pytest.raises(training.NonFiniteLossError, match=r"in epoch 1 at batch \d+; lower the learning rate "
+                                                          r"\(now 1e\+09\)") as raised:
+        training.train_model(models.build_model("arch2", seed=0), x, x[:100], run_dir=tmp_path, epochs=2,
+                             learning_rate=1e9, verbose=0)
+    assert raised.value.epoch == 1
+
+
+def test_a_damaged_results_json_is_kept_aside_and_rebuilt(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert assignment_5.main(SMALL + ["--models", "ae", "--out", str(out)]) == 0
+    good = json.loads((out / "results.json").read_text())
+    (out / "results.json").write_text('{"data": {"source": "synth')  # truncated by a crash
+    capsys.readouterr()
+    assert assignment_5.main(SMALL + ["--models", "ae", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "results.json is unreadable" in err and "kept as results.json.damaged" in err
+    assert (out / "results.json.damaged").read_text().startswith('{"data"')
+    rebuilt = json.loads((out / "results.json").read_text())
+    assert rebuilt["models"]["ae"]["test"] == good["models"]["ae"]["test"]  # the same model, evaluated again
+
+
+def test_a_damaged_final_model_is_evaluated_again_from_its_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert assignment_5.main(SMALL + ["--models", "ae", "--out", str(out)]) == 0
+    (out / "ae.keras").write_bytes(b"not a model")
+    capsys.readouterr()
+    assert assignment_5.main(SMALL + ["--models", "ae", "--out", str(out)]) == 0
+    assert "ae.keras is unreadable" in capsys.readouterr().err
+    assert (out / "ae.keras").stat().st_size > 1000
+
+
+def test_a_damaged_history_keeps_its_good_rows(tmp_path, caplog):
+    (tmp_path / "history.csv").write_text("epoch,loss,seconds\n1,3.5,1.0\n2,3.")
+    rows = training.read_history(tmp_path)
+    assert rows == [{"epoch": 1, "loss": 3.5, "seconds": 1.0}]
+    assert "history.csv is damaged after 1 rows" in caplog.text
+
+
+def test_out_naming_an_existing_file_is_refused(tmp_path, capsys):
+    target = tmp_path / "a-file"
+    target.write_text("x")
+    assert assignment_5.main(SMALL + ["--out", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--out {target} is not a writable folder" in err
+
+
+def test_tensorflow_start_up_notices_are_recognised():
+    for line in (
+            "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+            "I0000 00:00:1795962007.200751   21986 port.cc:153] oneDNN custom operations are on. You may see",
+            "I0000 00:00:1795962007.201223   21986 cudart_stub.cc:31] Could not find cuda drivers on your machine",
+            "E0000 00:00:1795962013.791221   21986 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error"):
+        assert startup.is_startup_noise(line), line
+    assert not startup.is_startup_noise("assignment_5.py: error: --out x is not a writable folder")
+    assert not startup.is_startup_noise("E0000 00:00:1.0   1 some_kernel.cc:9] a real error")
+
+
+def test_sizes_that_cannot_fit_are_refused_before_anything_is_allocated(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert assignment_5.main(["--data", "synthetic", "--train-size", "100000000", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--train-size 100,000,000 needs about" in err
+    assert "GiB available; the largest --train-size that fits is about" in err
+    largest = int(err.rsplit("about ", 1)[1].strip().replace(",", ""))
+    config = assignment_5.StudyConfig(train_size=largest)
+    assert assignment_5.memory_needed(largest, None) <= assignment_5.available_memory()
+    assert assignment_5.memory_needed(int(largest * 1.01) + 10, None) > assignment_5.available_memory()
+    assert config.train_size == largest and not (out / "results.json").exists()
+
+
+def test_sizes_beyond_real_emnist_are_refused(tiny_zip, tmp_path, capsys):
+    path, _ = tiny_zip
+    assert assignment_5.main(["--data", str(path), "--train-size", "100000", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train_size" in err
+
+
+def test_without_a_writable_cache_the_run_works_uncached(tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("HOME", str(blocker))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker / "cache"))
+    out = tmp_path / "run"
+    assert assignment_5.main(SMALL + ["--models", "ae", "--out", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())["models"]["ae"]["epochs"] == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("could not write the prepared cache" in w for w in warnings)
+    assert any("could not write the fast-path cache" in w for w in warnings)
+    assert all(w.count("\n") == 0 for w in warnings)
