@@ -383,14 +383,14 @@ def plot_metric_against_setting(summary, setting, metrics, fixed=None, path=None
 
 
 def plot_comparison_across_seeds(summary, metrics, path=None):
-    """Test metrics side by side per model (one setting), mean with 95 % intervals as error bars.
+    """Test metrics side by side per model (one setting): the mean and its 95 % interval.
 
     Args:
         summary: rows of ``sweep.summarise`` for one setting, one per model.
         metrics: ``[(key, label), ...]``, one axis each.
 
     Returns:
-        Figure with one bar axis per metric.
+        Figure with one axis per metric, a dot with error bars per model.
     """
     if not summary:
         raise ValueError("Expected summary rows of at least one model. Received: none")
@@ -405,10 +405,11 @@ def plot_comparison_across_seeds(summary, metrics, path=None):
             interval = stats["ci95"] if stats and stats["ci95"] else None
             lows.append(stats["mean"] - interval[0] if interval else 0.0)
             highs.append(interval[1] - stats["mean"] if interval else 0.0)
-        axis.bar(names, means, yerr=[lows, highs], capsize=4, color=[f"C{i}" for i in range(len(names))])
-        finite = [m for m in means if np.isfinite(m)]
-        if finite and key != "loss" and key != "log_likelihood":
-            axis.set_ylim(min(finite) - 0.1 * abs(min(finite)), max(finite) + 0.1 * abs(max(finite)))
+        for index, name in enumerate(names):  # a dot and its interval: a bar from 0 would hide the spread
+            axis.errorbar([index], [means[index]], yerr=[[lows[index]], [highs[index]]], marker="o", capsize=5,
+                          color=f"C{index}")
+        axis.set_xticks(range(len(names)), names)
+        axis.set_xlim(-0.6, len(names) - 0.4)
         axis.set_title(f"{label} (n = {summary[0]['n']})", fontsize=10)
         axis.grid(alpha=0.3, axis="y")
     return _finish(figure, path)

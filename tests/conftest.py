@@ -106,3 +106,11 @@ def numpy_reconstruction(clean, predicted):
 
 def numpy_kl(mean, log_var):
     return -0.5 * (1 + log_var - mean ** 2 - np.exp(log_var)).sum(1)
+
+
+@pytest.fixture(scope="module")
+def letters():
+    """Small synthetic train and validation sets, (N, 28, 28, 1) float32."""
+    (x, _), (xt, _) = data_prepro.input_read("synthetic", train_size=300, test_size=100, seed=0,
+                                             cache_dir=os.environ.get("TMPDIR", "/tmp") + "/vae-test-cache")
+    return x, xt

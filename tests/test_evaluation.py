@@ -1,5 +1,4 @@
 """evaluation: test metrics against numpy, determinism, the likelihood estimate, float32 metrics."""
-import os
 
 import keras
 import numpy as np
@@ -9,14 +8,6 @@ import data_prepro
 import evaluation
 import models
 from conftest import EXPECTED_PARAMS, numpy_kl, numpy_reconstruction
-
-
-@pytest.fixture(scope="module")
-def letters():
-    """Small synthetic train and validation sets, (N, 28, 28, 1) float32."""
-    (x, _), (xt, _) = data_prepro.input_read("synthetic", train_size=300, test_size=100, seed=0,
-                                             cache_dir=os.environ.get("TMPDIR", "/tmp") + "/vae-test-cache")
-    return x, xt
 
 
 def test_evaluate_matches_numpy(letters):

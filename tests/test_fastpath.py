@@ -1,6 +1,5 @@
 """fastpath: each fused computation equals the plain layers, with gradients; FusedAdam, shards, precision."""
 import json
-import os
 
 import keras
 import numpy as np
@@ -8,19 +7,10 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
-import data_prepro
 import fastpath
 import models
 import training
 from conftest import weights_of
-
-
-@pytest.fixture(scope="module")
-def letters():
-    """Small synthetic train and validation sets, (N, 28, 28, 1) float32."""
-    (x, _), (xt, _) = data_prepro.input_read("synthetic", train_size=300, test_size=100, seed=0,
-                                             cache_dir=os.environ.get("TMPDIR", "/tmp") + "/vae-test-cache")
-    return x, xt
 
 
 @pytest.mark.parametrize("padding, size", [("same", 14), ("valid", 8), ("same", 4)])

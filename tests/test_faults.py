@@ -13,7 +13,7 @@ import startup
 import training
 from conftest import REPO
 
-SLOW = ["--data", "synthetic", "--train-size", "2600", "--test-size", "52", "--epochs", "6", "--models", "ae",
+SLOW = ["--data", "synthetic", "--train-size", "1300", "--test-size", "52", "--epochs", "4", "--models", "ae",
         "--precision", "float32"]
 SMALL = ["--data", "synthetic", "--train-size", "260", "--test-size", "52", "--epochs", "1", "--precision", "float32"]
 
@@ -51,14 +51,14 @@ def test_ctrl_c_stops_with_one_line_and_the_same_command_resumes(tmp_path):
     assert lines == [f"assignment_5.py: interrupted; run the same command again to resume from {out}"], stderr
     # The terminal shows the package's lines only, and a redirected stdout has no progress-bar controls.
     assert "\r" not in stdout and "\x1b" not in stdout
-    assert "ae: training 6 epochs" in stdout
-    done = len(training.read_history(out / "checkpoints" / "ae"))
+    assert "ae: training 4 epochs" in stdout
+    done = max(int(p.stem.removeprefix("checkpoint-epoch")) for p in (out / "checkpoints" / "ae").glob("checkpoint-*"))
     resumed = launch(SLOW, out)
     stdout, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr
-    assert f"ae: resumed after epoch {done}" in stdout or "ae: resumed after epoch" in stdout
+    assert f"ae: resumed after epoch {done}" in stdout
     assert not [line for line in stderr.splitlines() if line.strip()], stderr
-    assert [row["epoch"] for row in training.read_history(out / "checkpoints" / "ae")] == [1, 2, 3, 4, 5, 6]
+    assert [row["epoch"] for row in training.read_history(out / "checkpoints" / "ae")] == [1, 2, 3, 4]
 
 
 def test_a_second_run_on_the_same_out_is_refused_and_a_killed_runs_lock_blocks_nothing(tmp_path):

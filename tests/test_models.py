@@ -1,5 +1,4 @@
 """models: the report's architectures, loss terms against numpy, saving and loading (also files saved before)."""
-import os
 import subprocess
 import sys
 import textwrap
@@ -8,18 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-import data_prepro
 import evaluation
 import models
 from conftest import EXPECTED_PARAMS, REPO, numpy_kl, numpy_reconstruction, weights_of
-
-
-@pytest.fixture(scope="module")
-def letters():
-    """Small synthetic train and validation sets, (N, 28, 28, 1) float32."""
-    (x, _), (xt, _) = data_prepro.input_read("synthetic", train_size=300, test_size=100, seed=0,
-                                             cache_dir=os.environ.get("TMPDIR", "/tmp") + "/vae-test-cache")
-    return x, xt
 
 
 @pytest.mark.parametrize("name", models.ARCHITECTURES)

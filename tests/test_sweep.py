@@ -18,7 +18,8 @@ import assignment_5
 import sweep
 from conftest import REPO
 
-TINY = ["--data", "synthetic", "--train-size", "260", "--test-size", "52", "--epochs", "2", "--models", "ae"]
+TINY = ["--data", "synthetic", "--train-size", "260", "--test-size", "52", "--epochs", "2", "--models", "ae",
+        "--precision", "float32"]
 DASK = Path(sys.executable).parent / "dask"
 
 

@@ -1,5 +1,4 @@
 """training: run folders, learning, resume (also after SIGKILL), damaged checkpoints, divergence, bad input."""
-import os
 import signal
 import subprocess
 import sys
@@ -10,19 +9,10 @@ import keras
 import numpy as np
 import pytest
 
-import data_prepro
 import evaluation
 import models
 import training
 from conftest import REPO, weights_of
-
-
-@pytest.fixture(scope="module")
-def letters():
-    """Small synthetic train and validation sets, (N, 28, 28, 1) float32."""
-    (x, _), (xt, _) = data_prepro.input_read("synthetic", train_size=300, test_size=100, seed=0,
-                                             cache_dir=os.environ.get("TMPDIR", "/tmp") + "/vae-test-cache")
-    return x, xt
 
 
 def test_one_training_step_changes_weights_and_is_finite(letters):
