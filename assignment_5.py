@@ -190,6 +190,29 @@ def check_memory(config, processes=1):
                      f"{available / 2 ** 30:.1f} GiB available; the largest {flag} that fits is about {largest:,}")
 
 
+def check_caches():
+    """Run uncached, with one warning, when a cache folder of the package cannot be written.
+
+    The folders are ``~/.cache/emnist`` (data) and ``$XDG_CACHE_HOME/denoising_vae``
+    (timings); ``DENOISING_VAE_NO_CACHE=1``, inherited by sweep workers, turns
+    every cache off.
+    """
+    if data_prepro.caching_disabled():
+        return
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    for folder in (data_prepro.default_cache_dir(), Path(base) / "denoising_vae"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".write-test-{os.getpid()}"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as error:
+            warn(f"no writable cache folder ({folder}: {error.strerror or error}); running without caches, "
+                 "so data are prepared and timings measured again on every run")
+            os.environ["DENOISING_VAE_NO_CACHE"] = "1"
+            return
+
+
 def placement_from_args(args, parser):
     """``(workers, scheduler)``: where the cells run; bad values exit via parser.error (status 2)."""
     workers = parse_list(parser, "workers", args.workers)[0]
@@ -382,6 +405,7 @@ def run_study(config: StudyConfig, out: Path, verbose=None):
     progress = Progress()
     check_memory(config)
     prepare_out(out, config)
+    check_caches()
     loaded = data_prepro.input_read(config.data, train_size=config.train_size, test_size=config.test_size,
                                     seed=config.seed)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -484,6 +508,7 @@ def run_sweep(config: StudyConfig, out: Path, *, workers=1, scheduler=None):
     # Each worker process holds its own copy of the data, and so does this one.
     check_memory(config, processes=1 if scheduler or workers == 1 else workers + 1)
     prepare_out(out, config)
+    check_caches()
     loaded = data_prepro.input_read(config.data, train_size=config.train_size, test_size=config.test_size,
                                     seed=config.seed)
     (_, _), (x_test, y_test) = loaded

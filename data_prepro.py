@@ -684,12 +684,20 @@ def balanced_subsample(labels, size, seed, name="size"):
 # Prepared-array cache
 # --------------------------------------------------------------------------
 
+def caching_disabled():
+    """Whether ``DENOISING_VAE_NO_CACHE=1`` asks every cache of the package to be left alone."""
+    return os.environ.get("DENOISING_VAE_NO_CACHE") == "1"
+
+
 def _cached(cache_dir: Path, key: str, build):
     """``build()``'s ``[(x_u8, y), (x_u8, y)]``, stored as a compressed .npz under ``cache_dir``.
 
     A cache that cannot be read completely (zip CRCs are checked on read) or
-    holds unexpected arrays is rebuilt, never trusted.
+    holds unexpected arrays is rebuilt, never trusted. With
+    :func:`caching_disabled`, nothing is read or written.
     """
+    if caching_disabled():
+        return build()
     digest = hashlib.sha256(f"v{CACHE_VERSION}|{key}".encode()).hexdigest()[:20]
     path = cache_dir / "prepared" / f"{key.split('|')[0]}-{digest}.npz"
     if path.is_file():

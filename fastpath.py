@@ -378,7 +378,8 @@ def choose_path(model_key, time_step, precision="auto", shards=None, cache_file=
             step of the real model (``training.time_training_step``).
         precision, shards: as :func:`candidate_paths`; explicit values are kept.
         cache_file: JSON file of earlier decisions (default
-            ``cache_dir() / "fast_path.json"``); ``False`` for none.
+            ``cache_dir() / "fast_path.json"``); ``False`` for none, as
+            ``DENOISING_VAE_NO_CACHE=1`` makes the default.
 
     Returns:
         :class:`PathChoice`, the fastest candidate. A decision cached for the
@@ -390,6 +391,8 @@ def choose_path(model_key, time_step, precision="auto", shards=None, cache_file=
     if len(candidates) == 1:
         return PathChoice(*candidates[0], source="given")
     key = json.dumps({**machine_key(), **model_key, "candidates": candidates}, sort_keys=True)
+    if cache_file is None and os.environ.get("DENOISING_VAE_NO_CACHE") == "1":
+        cache_file = False
     path = None if cache_file is False else Path(cache_file) if cache_file else cache_dir() / "fast_path.json"
     entries = _read_cache(path)
     if key in entries:

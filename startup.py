@@ -40,6 +40,8 @@ def start_tensorflow():
     if "tensorflow" in sys.modules or os.environ.get("DENOISING_VAE_TF_LOGS") == "1":
         import tensorflow as tf
 
+        if os.environ.get("DENOISING_VAE_TF_LOGS") != "1":
+            tf.get_logger().setLevel("ERROR")  # retracing notices: each model builds its own steps
         return tf
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.stderr.flush()
