@@ -199,8 +199,7 @@ def check_caches():
     """
     if data_prepro.caching_disabled():
         return
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    for folder in (data_prepro.default_cache_dir(), Path(base) / "denoising_vae"):
+    for folder in (data_prepro.default_cache_dir(), data_prepro.package_cache_dir()):
         try:
             folder.mkdir(parents=True, exist_ok=True)
             probe = folder / f".write-test-{os.getpid()}"

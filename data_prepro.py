@@ -684,6 +684,12 @@ def balanced_subsample(labels, size, seed, name="size"):
 # Prepared-array cache
 # --------------------------------------------------------------------------
 
+def package_cache_dir() -> Path:
+    """The package's own cache folder (timings): ``$XDG_CACHE_HOME/denoising_vae`` or ``~/.cache/denoising_vae``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "denoising_vae"
+
+
 def caching_disabled():
     """Whether ``DENOISING_VAE_NO_CACHE=1`` asks every cache of the package to be left alone."""
     return os.environ.get("DENOISING_VAE_NO_CACHE") == "1"

@@ -28,7 +28,8 @@ layers and weights, so nothing is copied and saved files are the plain
 models'. ``models.DenoisingVAE`` uses the plan when there is one and its own
 layers otherwise; tests compare both for every architecture.
 
-This module knows nothing of the study's architectures, training or data.
+This module knows nothing of the study's architectures, training or data (it takes only the
+cache folder from ``data_prepro``).
 Importing it sets, unless already set, ``TF_ENABLE_ONEDNN_OPTS=1``,
 ``TF_NUM_INTRAOP_THREADS=1`` and ``TF_NUM_INTEROP_THREADS`` = CPU cores (read
 by TensorFlow when it starts, so this module is imported before TensorFlow),
@@ -57,6 +58,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import layers, ops  # noqa: E402
+
+from data_prepro import caching_disabled, package_cache_dir  # noqa: E402
 
 LOGGER = logging.getLogger("fastpath")
 
@@ -362,12 +365,6 @@ def machine_key():
     return {"cpu": cpu, "cores": _cores(), "gpus": gpus, "tensorflow": tf.__version__}
 
 
-def cache_dir():
-    """The package's cache folder: ``$XDG_CACHE_HOME/denoising_vae`` or ``~/.cache/denoising_vae``."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "denoising_vae"
-
-
 def choose_path(model_key, time_step, precision="auto", shards=None, cache_file=None):
     """Choose precision and shards by timing each candidate, or from an earlier timing.
 
@@ -378,7 +375,7 @@ def choose_path(model_key, time_step, precision="auto", shards=None, cache_file=
             step of the real model (``training.time_training_step``).
         precision, shards: as :func:`candidate_paths`; explicit values are kept.
         cache_file: JSON file of earlier decisions (default
-            ``cache_dir() / "fast_path.json"``); ``False`` for none, as
+            ``data_prepro.package_cache_dir() / "fast_path.json"``); ``False`` for none, as
             ``DENOISING_VAE_NO_CACHE=1`` makes the default.
 
     Returns:
@@ -391,9 +388,9 @@ def choose_path(model_key, time_step, precision="auto", shards=None, cache_file=
     if len(candidates) == 1:
         return PathChoice(*candidates[0], source="given")
     key = json.dumps({**machine_key(), **model_key, "candidates": candidates}, sort_keys=True)
-    if cache_file is None and os.environ.get("DENOISING_VAE_NO_CACHE") == "1":
+    if cache_file is None and caching_disabled():
         cache_file = False
-    path = None if cache_file is False else Path(cache_file) if cache_file else cache_dir() / "fast_path.json"
+    path = None if cache_file is False else Path(cache_file) if cache_file else package_cache_dir() / "fast_path.json"
     entries = _read_cache(path)
     if key in entries:
         entry = entries[key]
