@@ -60,7 +60,7 @@ DOWNLOAD_TIMEOUT = (10.0, 60.0)
 AUTO_PROBE_TIMEOUT = 3.0
 # Bump when the prepared-array format or the synthetic generator changes, so
 # stale caches are rebuilt instead of trusted.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 GET_REAL_DATA_HINT = (
     f"to use real EMNIST, download {NIST_URL} (536 MB) to ~/.cache/emnist/emnist.zip, "

