@@ -47,8 +47,8 @@ _STROKE_SEED = 20171  # the bank is drawn once with this seed: the same in every
 FONT_SHARE = 0.15  # share of upper-case letters resampled from font glyphs rather than pen-stroke forms
 # Per-image geometry (measured on real capitals: each of the spreads below
 # narrowed, the classifier of benchmarks/realism.py did worse on real letters).
-ROTATION = 0.18  # standard deviation of the rotation, radians
-SLANT = (0.05, 0.3)  # mean and standard deviation of the shear (column shift per row)
+ROTATION = 0.12  # standard deviation of the rotation, radians
+SLANT = (-0.22, 0.26)  # mean and standard deviation of the shear (column shift per row down; < 0 leans right)
 ASPECT = (0.12, 0.22)  # mean and standard deviation of log(width / height) change
 ELASTIC = (0.5, 2.0)  # range of the elastic displacement's scale, output pixels
 # Glyph kinds in the bank.
