@@ -95,7 +95,7 @@ class DataSource:
             elif self.verified is None:
                 text += " (unverified: a folder of .gz files)"
         else:
-            text = f"synthetic capitals from matplotlib's fonts (seed {self.seed})"
+            text = f"synthetic capitals written with pen strokes (seed {self.seed})"
         return f"{text} [{self.note}]" if self.note else text
 
 
