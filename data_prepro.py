@@ -685,7 +685,8 @@ def balanced_subsample(labels, size, seed, name="size"):
 # --------------------------------------------------------------------------
 
 def package_cache_dir() -> Path:
-    """The package's own cache folder (timings): ``$XDG_CACHE_HOME/denoising_vae`` or ``~/.cache/denoising_vae``."""
+    """The package's own cache folder (fast-path timings, the synthetic glyph bank):
+    ``$XDG_CACHE_HOME/denoising_vae`` or ``~/.cache/denoising_vae``."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "denoising_vae"
 
@@ -752,7 +753,8 @@ def _load_synthetic(train_size, test_size, seed, cache_dir, note):
         for split, size in enumerate(sizes):
             rng = np.random.default_rng([seed, split])
             labels = rng.permutation(np.arange(size) % len(LETTERS))
-            splits.append((synthetic_letters(labels, (seed, split)), labels))
+            bank_cache = None if caching_disabled() else package_cache_dir()
+            splits.append((synthetic_letters(labels, (seed, split), bank_cache=bank_cache), labels))
         return splits
 
     source = DataSource("synthetic", seed=seed, note=note)

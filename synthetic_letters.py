@@ -14,10 +14,13 @@ knows nothing of EMNIST's files, caches or noise (``data_prepro.py``).
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import string
+import sys
 import threading
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -170,6 +173,8 @@ def _glyph_bank():
     kind = np.concatenate([np.where(stroke_lower, LOWER_STROKES, UPPER_STROKES), np.full(len(font_letters), FONT)])
     bank = ndimage.gaussian_filter(images, sigma=(0, 1.5, 1.5)).astype(np.float32)
     bank /= bank.max(axis=(1, 2), keepdims=True)
+    # Held at float16 precision, as the stored bank is: a stored and a fresh bank render the same letters.
+    bank = bank.astype(np.float16).astype(np.float32)
     angles = np.linspace(0, np.pi, 8, endpoint=False)
     directions = np.stack([np.sin(angles), np.cos(angles)], axis=1)  # (8, 2) as (row, col)
     hull = np.zeros((len(bank), 16, 2), np.float32)
@@ -184,12 +189,53 @@ _BANK = None
 _BANK_LOCK = threading.Lock()
 
 
-def _bank():
+def _bank(cache_dir=None):
+    """:func:`_glyph_bank`, built once per process; kept in ``cache_dir`` between processes if given."""
     global _BANK
     with _BANK_LOCK:
         if _BANK is None:
-            _BANK = _glyph_bank()
+            _BANK = _glyph_bank() if cache_dir is None else _stored_bank(Path(cache_dir))
     return _BANK
+
+
+def _bank_key():
+    """What the bank depends on: the code that draws it and the libraries that render it."""
+    import matplotlib
+    import scipy
+
+    digest = hashlib.sha256()
+    for module in (letter_strokes, sys.modules[__name__]):
+        digest.update(Path(module.__file__).read_bytes())
+    digest.update(f"{np.__version__}|{scipy.__version__}|{matplotlib.__version__}".encode())
+    return digest.hexdigest()[:20]
+
+
+def _stored_bank(cache_dir: Path):
+    """The glyph bank from ``cache_dir/glyph-bank-KEY.npz``, built and stored there when absent.
+
+    Building takes several seconds; a sweep's workers and every later run
+    load it in a fraction of that. A file that cannot be read is rebuilt; a
+    folder that cannot be written leaves the bank in memory only.
+    """
+    path = cache_dir / f"glyph-bank-{_bank_key()}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            bank, hull, letter, kind = (stored[name] for name in ("bank", "hull", "letter", "kind"))
+        if bank.dtype == np.float16 and bank.shape[1:] == (_CANVAS, _CANVAS) \
+                and len(bank) == len(hull) == len(letter) == len(kind):
+            return bank.astype(np.float32), hull, letter, kind
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        pass  # absent or damaged: build it
+    built = _glyph_bank()
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.part")
+        with open(partial, "wb") as file:
+            np.savez_compressed(file, bank=built[0].astype(np.float16), hull=built[1], letter=built[2], kind=built[3])
+        os.replace(partial, path)
+    except OSError:
+        pass  # an unwritable cache only costs the next process the build
+    return built
 
 
 def _interpolation_matrix(coarse, fine):
@@ -203,10 +249,12 @@ def _interpolation_matrix(coarse, fine):
     return matrix
 
 
-def synthetic_letters(labels, seed):
+def synthetic_letters(labels, seed, bank_cache=None):
     """Render handwriting-like capitals for ``labels``; uint8 (N, 28, 28) upright.
 
     ``seed`` is an int or a tuple of ints (``numpy.random.SeedSequence`` entropy).
+    ``bank_cache``: a folder where the glyph bank is kept between processes
+    (``None``: built in memory, once per process).
 
     Each image: a glyph of :func:`_glyph_bank` chosen by
     :func:`choose_glyphs` (case, then pen-stroke form or font), a
@@ -217,7 +265,7 @@ def synthetic_letters(labels, seed):
     resampling per image, vectorised over the batch.
     """
     labels = np.asarray(labels, dtype=np.int64)
-    bank, hull, bank_letter, bank_kind = _bank()
+    bank, hull, bank_letter, bank_kind = _bank(bank_cache)
     pools = glyph_pools(bank_letter, bank_kind)
     chunks = np.array_split(np.arange(len(labels)), max(1, math.ceil(len(labels) / 4096)))
     seeds = np.random.SeedSequence(seed).spawn(len(chunks))

@@ -65,3 +65,27 @@ def test_flops_are_counted_from_the_layers():
     assert bench_training.training_flops_per_image("arch2") == 3 * forward
     # arch3's first convolution alone: 28x28 outputs x 3x3 kernel x 1 -> 16 channels.
     assert bench_training.training_flops_per_image("arch3") > 3 * 2 * 28 * 28 * 9 * 16
+
+
+def test_realism_confusion_report_counts_per_letter_and_costliest_pairs():
+    import numpy as np
+
+    import realism
+
+    letters = "ABC"
+    labels = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+    predicted = np.array([0, 0, 1, 1, 1, 1, 2, 0])
+    per_letter, pairs = realism.confusion_report(labels, predicted, letters, top=2)
+    assert per_letter == {"A": 0.5, "B": 1.0, "C": 0.5}
+    # A -> B is half of A (2 images), C -> A half of C (1 image); ties keep both.
+    assert {(pair["true"], pair["predicted"], pair["share"], pair["count"]) for pair in pairs} == {
+        ("A", "B", 0.5, 2), ("C", "A", 0.5, 1)}
+
+
+def test_realism_refuses_a_missing_archive(tmp_path):
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "realism.py"), str(tmp_path / "none.zip")],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"realism.py: archive {tmp_path / 'none.zip'} does not exist"

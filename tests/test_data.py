@@ -498,6 +498,40 @@ def test_lower_case_share_per_letter():
     assert abs((bank_kind[glyph[labels == 11]] == synthetic_letters.LOWER_STROKES).mean() - 0.76) < 0.035
 
 
+def test_glyph_bank_is_stored_once_and_rebuilt_when_damaged(tmp_path, monkeypatch):
+    builds = []
+
+    def stand_in():
+        builds.append(1)
+        rng = np.random.default_rng(len(builds))
+        bank = rng.random((3, 64, 64)).astype(np.float16).astype(np.float32)
+        return bank, rng.random((3, 16, 2)).astype(np.float32), np.arange(3), np.zeros(3, np.int64)
+
+    monkeypatch.setattr(synthetic_letters, "_glyph_bank", stand_in)
+    first = synthetic_letters._stored_bank(tmp_path / "cache")
+    stored = list((tmp_path / "cache").glob("glyph-bank-*.npz"))
+    assert len(stored) == 1 and len(builds) == 1
+    again = synthetic_letters._stored_bank(tmp_path / "cache")  # read, not built
+    assert len(builds) == 1
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert again[0].dtype == np.float32
+    stored[0].write_bytes(stored[0].read_bytes()[:100])  # damaged: built again and replaced
+    synthetic_letters._stored_bank(tmp_path / "cache")
+    assert len(builds) == 2 and synthetic_letters._stored_bank(tmp_path / "cache") is not None and len(builds) == 2
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    synthetic_letters._stored_bank(blocker / "cache")  # cannot be written: built, kept in memory only
+    assert len(builds) == 3
+
+
+def test_glyph_bank_key_follows_the_generator_code(monkeypatch):
+    key = synthetic_letters._bank_key()
+    assert key == synthetic_letters._bank_key() and len(key) == 20
+    monkeypatch.setattr(letter_strokes, "__file__", synthetic_letters.__file__)
+    assert synthetic_letters._bank_key() != key
+
+
 def test_synthetic_default_sizes_match_emnist(tmp_path):
     (x, y), (xt, yt) = data_prepro.input_read("synthetic", cache_dir=tmp_path)
     assert x.shape == (62_400, 28, 28, 1) and xt.shape == (10_400, 28, 28, 1)
