@@ -750,10 +750,10 @@ def _load_synthetic(train_size, test_size, seed, cache_dir, note):
 
     def build():
         splits = []
+        bank_cache = None if caching_disabled() else package_cache_dir()
         for split, size in enumerate(sizes):
             rng = np.random.default_rng([seed, split])
             labels = rng.permutation(np.arange(size) % len(LETTERS))
-            bank_cache = None if caching_disabled() else package_cache_dir()
             splits.append((synthetic_letters(labels, (seed, split), bank_cache=bank_cache), labels))
         return splits
 

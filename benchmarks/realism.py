@@ -80,18 +80,15 @@ def confusion_report(labels, predicted, letters, top=10):
 def measure(archive, train_size=20800, seed=1, epochs=8):
     """Train on synthetic letters, test on ``archive``'s real capitals; returns the JSON-ready dict."""
     os.environ["DENOISING_VAE_NO_CACHE"] = "1"  # time the generator itself, not a cached copy
-    from startup import start_tensorflow
-
-    start_tensorflow()
-    import keras
-    import numpy as np
-
+    x_real, y_real = real_capitals(archive)  # first: a bad archive fails before any training
     from data_prepro import LETTERS, input_read
 
     started = time.perf_counter()
     (x_train, y_train), (x_held, y_held) = input_read("synthetic", train_size=train_size, test_size=1040, seed=seed)
     generate_seconds = time.perf_counter() - started
-    x_real, y_real = real_capitals(archive)
+    from startup import start_tensorflow
+
+    start_tensorflow()
 
     started = time.perf_counter()
     model = train_classifier(x_train, y_train, epochs)
@@ -120,7 +117,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.archive.exists():
         parser.exit(2, f"realism.py: archive {args.archive} does not exist\n")
-    result = measure(args.archive, args.train_size, args.seed, args.epochs)
+    try:
+        result = measure(args.archive, args.train_size, args.seed, args.epochs)
+    except (ValueError, OSError) as error:  # a damaged archive or a bad size: one line, no traceback
+        parser.exit(2, f"realism.py: {str(error).splitlines()[0]}\n")
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -89,3 +89,15 @@ def test_realism_refuses_a_missing_archive(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip() == f"realism.py: archive {tmp_path / 'none.zip'} does not exist"
+
+
+def test_realism_names_a_damaged_archive_in_one_line_before_training(tmp_path):
+    import subprocess
+
+    damaged = tmp_path / "gzip.zip"
+    damaged.write_text("not a zip")
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "realism.py"), str(damaged)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith(f"realism.py: {damaged} is not a readable zip archive")
+    assert len(done.stderr.strip().splitlines()) == 1
