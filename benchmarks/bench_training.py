@@ -63,8 +63,8 @@ model.shards = path.shards
 model.compile(optimizer=fastpath.FusedAdam(1e-3),             # as training.train_model does
               steps_per_execution=training.default_steps_per_execution({n} // 100))
 if {noise!r} == "fresh":
-    model.train_noise_std = 0.5                               # fresh noise inside the step
-    model.resident_data = training.ResidentData(x)            # as training.train_model does
+    model.train_noise_std = 0.5                               # fresh noise inside the step,
+    model.resident_data = training.ResidentData(x, noise_std=0.5, batch_size=100)  # as train_model draws it
 else:                                                         # the anchors' noisy copy
     noisy = np.clip(x + rng.normal(0, 0.5, x.shape).astype("float32"), 0, 1)
     model.resident_data = training.ResidentData(noisy, x)

@@ -175,3 +175,63 @@ def test_training_data_out_of_range_or_misshapen(letters, tmp_path):
 @pytest.mark.parametrize("batches, expected", [(1, 1), (26, 26), (50, 50), (104, 26), (624, 48), (521, 50)])
 def test_steps_per_execution_divides_the_epoch_when_it_can(batches, expected):
     assert training.default_steps_per_execution(batches) == expected
+
+
+# --------------------------------------------------------------------------
+# Fresh training noise from the noise ring
+# --------------------------------------------------------------------------
+
+def _ring_fields(ring, steps, count=100):
+    import tensorflow as tf
+    draw = tf.function(lambda: ring.fields(count))
+    return np.stack([draw().numpy().reshape(count, -1) for _ in range(steps)])
+
+
+def test_noise_ring_fields_are_standard_normal_and_never_repeat():
+    ring = training.NoiseRing(0.5, 100, seed=3)
+    fields = _ring_fields(ring, 700)  # longer than a row lives (4096 / 13 = 315 steps)
+    assert fields.shape == (700, 100, 784) and fields.dtype == np.float32
+    values = fields.ravel()
+    assert abs(values.mean()) < 0.002 and abs(values.std() - 1) < 0.002
+    # The normal's tails: P(|x| > 3) = 0.0027.
+    assert abs(np.mean(np.abs(values) > 3) - 0.0027) < 0.0003
+    flat = fields.reshape(-1, 784)
+    assert len({row.tobytes() for row in flat}) == len(flat)
+    # Pixels of one field are independent: neighbouring pixels uncorrelated.
+    assert abs(np.corrcoef(flat[:, :-1].ravel(), flat[:, 1:].ravel())[0, 1]) < 0.005
+    # The same batch position in successive steps: uncorrelated fields.
+    successive = [np.corrcoef(fields[i, j], fields[i + 1, j])[0, 1] for i in range(0, 600, 7) for j in range(0, 100, 9)]
+    assert abs(np.mean(successive)) < 0.01 and np.max(np.abs(successive)) < 0.2
+
+
+def test_noise_ring_is_deterministic_per_seed():
+    first = _ring_fields(training.NoiseRing(0.5, 100, seed=3), 5)
+    np.testing.assert_array_equal(first, _ring_fields(training.NoiseRing(0.5, 100, seed=3), 5))
+    assert not np.array_equal(first, _ring_fields(training.NoiseRing(0.5, 100, seed=4), 5))
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 100, 128, 1000])
+@pytest.mark.parametrize("reuse", [1, 8, 64])
+def test_noise_ring_rows_outlive_no_shift_cycle(batch_size, reuse):
+    ring = training.NoiseRing(0.5, batch_size, reuse=reuse)
+    assert ring.rows & (ring.rows - 1) == 0 and ring.rows >= batch_size
+    assert ring.rows / ring.renewed <= 784  # so a row's uses always differ in their shift
+
+
+def test_noise_ring_noisy_batch_is_the_clipped_sum():
+    import tensorflow as tf
+    clean = np.random.default_rng(0).random((40, 28, 28, 1), dtype=np.float32)
+    ring, twin = training.NoiseRing(0.5, 40, seed=1), training.NoiseRing(0.5, 40, seed=1)
+    noisy = tf.function(ring.noisy)(tf.constant(clean)).numpy()
+    expected = np.clip(clean + 0.5 * tf.function(lambda: twin.fields(40))().numpy(), 0, 1)
+    np.testing.assert_allclose(noisy, expected, atol=1e-6)
+    assert noisy.min() >= 0 and noisy.max() <= 1 and not np.array_equal(noisy, clean)
+
+
+def test_noise_ring_bad_arguments():
+    with pytest.raises(ValueError, match=r"^Expected reuse to be at most 64\. Received: reuse=65$"):
+        training.NoiseRing(0.5, 100, reuse=65)
+    with pytest.raises(ValueError, match=r"^Expected count to be at most batch_size=10\. Received: count=11$"):
+        training.NoiseRing(0.5, 10).fields(11)
+    with pytest.raises(ValueError, match=r"^Expected one array \(the clean images\) with noise_std\. Received: 2 arrays$"):
+        training.ResidentData(np.zeros((2, 28, 28), np.float32), np.zeros((2, 28, 28), np.float32), noise_std=0.5)
