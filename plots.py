@@ -37,7 +37,7 @@ def _finish(figure, path):
 
 
 def _image(axis, image, title=None):
-    axis.imshow(np.asarray(image).reshape(28, 28), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    axis.imshow(np.asarray(image), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     axis.set_xticks([])
     axis.set_yticks([])
     if title:
@@ -105,20 +105,22 @@ def plot_reconstructions(x_clean, x_noisy, x_reconstructed, labels=None, title=N
         title: figure title (e.g. the model's name).
 
     Returns:
-        Figure with n rows and 3 image columns.
+        Figure with 3 axes (original, noisy, reconstructed), each one image of
+        the n letters stacked (n * 28, 28); the first axis names the letters.
     """
     count = len(x_clean)
     if not (len(x_noisy) == len(x_reconstructed) == count) or count == 0:
         raise ValueError("Expected x_clean, x_noisy and x_reconstructed with the same number (>= 1) of images. "
                          f"Received: {count}, {len(x_noisy)} and {len(x_reconstructed)}")
+    # One stacked image per column: 3 axes draw and save several times faster than 3 n.
     figure = Figure(figsize=(3.6, 1.2 * count + 0.4), layout="constrained")
-    axes = figure.subplots(count, 3, squeeze=False)
-    for row in range(count):
-        for column, (images, name) in enumerate(((x_clean, "original"), (x_noisy, "noisy"),
-                                                 (x_reconstructed, "reconstructed"))):
-            _image(axes[row, column], images[row], name if row == 0 else None)
-        if labels is not None:
-            axes[row, 0].set_ylabel(LETTERS[int(labels[row])], rotation=0, labelpad=10, fontsize=11)
+    axes = figure.subplots(1, 3, squeeze=False)[0]
+    for axis, (images, name) in zip(axes, ((x_clean, "original"), (x_noisy, "noisy"),
+                                           (x_reconstructed, "reconstructed"))):
+        _image(axis, np.asarray(images).reshape(count * 28, 28), name)
+    if labels is not None:
+        axes[0].set_yticks(np.arange(count) * 28 + 13.5, [LETTERS[int(label)] for label in labels], fontsize=11)
+        axes[0].tick_params(axis="y", length=0)
     if title:
         figure.suptitle(title, fontsize=10)
     return _finish(figure, path)

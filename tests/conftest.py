@@ -25,17 +25,50 @@ def closed_port_url():
     return f"http://127.0.0.1:{port}/gzip.zip"
 
 
+def _make_hermetic(patch, home, tmp_path_factory):
+    patch.setenv("HOME", str(home))
+    # One package cache for the whole session: the glyph bank is built and
+    # each model's fast path decided once, not in every test.
+    patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "shared-cache"))
+    patch.delenv("EMNIST_PATH", raising=False)
+    unreachable = closed_port_url()
+    patch.setattr(data_prepro, "download_urls", lambda: [unreachable])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_session(tmp_path_factory):
+    """The hermetic environment for session- and module-scoped fixtures too,
+    which pytest sets up before any per-test fixture."""
+    patch = pytest.MonkeyPatch()
+    _make_hermetic(patch, tmp_path_factory.mktemp("session-home"), tmp_path_factory)
+    yield
+    patch.undo()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def decided_fast_paths(hermetic_session, tmp_path_factory):
+    """The shared cache starts with each model's fast path decided (float32, one shard per core).
+
+    Deciding by timing costs 5-9 s per model and precision; which path runs
+    never changes a result, so tests that are not about the decision skip
+    it. ``test_fastpath.py`` times the real model and tests the decision logic.
+    """
+    import fastpath
+    import models
+
+    cache_file = tmp_path_factory.getbasetemp() / "shared-cache" / "denoising_vae" / "fast_path.json"
+    for architecture in models.ARCHITECTURES:
+        for precision in ("auto", "float32"):
+            fastpath.choose_path({"architecture": architecture, "latent_dim": 2, "batch_size": 100},
+                                 lambda candidate, shards: 1.0 / shards + (candidate != "float32"),
+                                 precision=precision, cache_file=cache_file)
+    return cache_file
+
+
 @pytest.fixture(autouse=True)
 def hermetic(tmp_path_factory, monkeypatch):
-    """No test reads the user's cache, EMNIST_PATH or the internet."""
-    home = tmp_path_factory.mktemp("home")
-    monkeypatch.setenv("HOME", str(home))
-    # One fast-path cache for the whole session: each model's precision and
-    # shards are timed once, not in every test (choices never change results).
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "shared-cache"))
-    monkeypatch.delenv("EMNIST_PATH", raising=False)
-    unreachable = closed_port_url()
-    monkeypatch.setattr(data_prepro, "download_urls", lambda: [unreachable])
+    """No test reads the user's cache, EMNIST_PATH or the internet; each test has a home of its own."""
+    _make_hermetic(monkeypatch, tmp_path_factory.mktemp("home"), tmp_path_factory)
     yield
 
 

@@ -292,3 +292,15 @@ def test_candidates_follow_the_hardware(monkeypatch):
 def test_time_training_step_times_the_real_model():
     seconds = training.time_training_step("arch2", precision="float32", shards=2, steps=3)
     assert 0 < seconds < 5
+
+
+def test_choose_fast_path_times_the_real_model_then_reads_the_cache(tmp_path):
+    cache_file = tmp_path / "fast_path.json"
+    measured = training.choose_fast_path("ae", cache_file=cache_file)
+    candidates = fastpath.candidate_paths("auto")
+    assert measured.source == "measured" and set(measured.step_ms) == {f"{p}/{n}" for p, n in candidates}
+    assert all(0 < ms < 5000 for ms in measured.step_ms.values()) and measured.decide_seconds > 0
+    assert measured.step_ms[f"{measured.precision}/{measured.shards}"] == min(measured.step_ms.values())
+    again = training.choose_fast_path("ae", cache_file=cache_file)
+    assert (again.source, again.precision, again.shards, again.step_ms) == \
+        ("cached", measured.precision, measured.shards, measured.step_ms)

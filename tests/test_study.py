@@ -37,8 +37,11 @@ def test_learning_curves_axes(tmp_path):
 def test_reconstructions_grid():
     x = np.random.default_rng(0).random((4, 28, 28, 1)).astype(np.float32)
     figure = plots.plot_reconstructions(x, x, x, labels=[0, 1, 2, 25], title="arch1")
-    assert len(figure.axes) == 12 and images_in(figure) == 12
-    assert figure.axes[9].get_ylabel() == "Z"
+    assert len(figure.axes) == 3 and images_in(figure) == 3
+    assert [axis.images[0].get_array().shape for axis in figure.axes] == [(4 * 28, 28)] * 3
+    np.testing.assert_array_equal(figure.axes[1].images[0].get_array()[28:56], x[1, :, :, 0])
+    assert [label.get_text() for label in figure.axes[0].get_yticklabels()] == ["A", "B", "C", "Z"]
+    assert [axis.get_title() for axis in figure.axes] == ["original", "noisy", "reconstructed"]
     with pytest.raises(ValueError, match=r"same number \(>= 1\) of images. Received: 4, 4 and 3"):
         plots.plot_reconstructions(x, x, x[:3])
 
