@@ -365,18 +365,27 @@ def machine_key():
     return {"cpu": cpu, "cores": _cores(), "gpus": gpus, "tensorflow": tf.__version__}
 
 
-def choose_path(model_key, time_step, precision="auto", shards=None, cache_file=None):
+TIMING_BLOCKS = 5
+
+
+def choose_path(model_key, prepare_timer, precision="auto", shards=None, cache_file=None, blocks=TIMING_BLOCKS):
     """Choose precision and shards by timing each candidate, or from an earlier timing.
 
     Args:
         model_key: dict naming the model (architecture, latent size, batch
             size...), part of the cache key with :func:`machine_key`.
-        time_step: ``time_step(precision, shards)`` -> seconds per training
-            step of the real model (``training.time_training_step``).
+        prepare_timer: ``prepare_timer(precision, shards)`` -> ``timer``, where
+            ``timer()`` runs a short block of training steps of the real model
+            and returns seconds per step (``training.training_step_timer``).
         precision, shards: as :func:`candidate_paths`; explicit values are kept.
         cache_file: JSON file of earlier decisions (default
             ``data_prepro.package_cache_dir() / "fast_path.json"``); ``False`` for none, as
             ``DENOISING_VAE_NO_CACHE=1`` makes the default.
+        blocks: timed blocks per candidate.
+
+    Every candidate is prepared first, then the blocks run in turn (A B C D
+    A B C D ...) and each candidate keeps its fastest block: a slow spell of
+    the machine costs every candidate alike, or only one block of one.
 
     Returns:
         :class:`PathChoice`, the fastest candidate. A decision cached for the
@@ -396,7 +405,13 @@ def choose_path(model_key, time_step, precision="auto", shards=None, cache_file=
         entry = entries[key]
         return PathChoice(entry["precision"], int(entry["shards"]), "cached", dict(entry["step_ms"]))
     started = time.perf_counter()
-    step_ms = {f"{p}/{n}": 1000 * float(time_step(p, n)) for p, n in candidates}
+    names = [f"{p}/{n}" for p, n in candidates]
+    timers = {name: prepare_timer(p, n) for name, (p, n) in zip(names, candidates)}
+    seconds = {name: [] for name in names}
+    for _ in range(blocks):
+        for name in names:
+            seconds[name].append(float(timers[name]()))
+    step_ms = {name: 1000 * min(values) for name, values in seconds.items()}
     best = min(candidates, key=lambda c: step_ms[f"{c[0]}/{c[1]}"])
     choice = PathChoice(*best, source="measured", step_ms={k: round(v, 3) for k, v in step_ms.items()},
                         decide_seconds=round(time.perf_counter() - started, 2))

@@ -5,7 +5,8 @@
   same folder it continues from the last finished epoch.
 * :class:`ResidentData` and :func:`index_dataset`: the training arrays stay in
   TensorFlow and batches arrive as shuffled indices, gathered (and, by
-  default, corrupted with fresh noise) inside the compiled step.
+  default, corrupted with fresh noise from a :class:`NoiseRing`) inside the
+  compiled step.
 * A NaN or infinite loss stops training with :class:`NonFiniteLossError`.
 
 The models and their loss are ``models.py``'s, the faster equivalent
@@ -450,9 +451,10 @@ def choose_fast_path(architecture, latent_dim=2, *, beta=1.0, batch_size=100, pr
                      cache_file=None):
     """Precision and batch shards for training ``architecture`` here, timed or from the cache.
 
-    ``fastpath.choose_path`` with :func:`time_training_step` as the timer:
-    each candidate (``fastpath.candidate_paths``) trains the real model a
-    few dozen steps at ``batch_size`` with fresh noise, as the study does.
+    ``fastpath.choose_path`` with :func:`training_step_timer`: each
+    candidate (``fastpath.candidate_paths``) trains the real model at
+    ``batch_size`` with fresh noise, as the study does, in blocks of a few
+    steps taken in turn with the other candidates'.
 
     Returns:
         ``fastpath.PathChoice``; build the model with its ``precision`` and
@@ -460,21 +462,21 @@ def choose_fast_path(architecture, latent_dim=2, *, beta=1.0, batch_size=100, pr
     """
     model_key = {"architecture": architecture, "latent_dim": int(latent_dim), "batch_size": int(batch_size)}
 
-    def time_step(candidate_precision, candidate_shards):
-        return time_training_step(architecture, latent_dim, beta=beta, batch_size=batch_size,
-                                  precision=candidate_precision, shards=candidate_shards)
+    def prepare_timer(candidate_precision, candidate_shards):
+        return training_step_timer(architecture, latent_dim, beta=beta, batch_size=batch_size,
+                                   precision=candidate_precision, shards=candidate_shards)
 
-    return fastpath.choose_path(model_key, time_step, precision=precision, shards=shards, cache_file=cache_file)
+    return fastpath.choose_path(model_key, prepare_timer, precision=precision, shards=shards, cache_file=cache_file)
 
 
-def time_training_step(architecture, latent_dim=2, *, beta=1.0, batch_size=100, precision="float32", shards=1,
-                       steps=24):
-    """Seconds per training step of a freshly built model (fresh noise, as :func:`train_model`).
+def training_step_timer(architecture, latent_dim=2, *, beta=1.0, batch_size=100, precision="float32", shards=1,
+                        steps=8):
+    """A freshly built model's training step (fresh noise, as :func:`train_model`), ready to time.
 
-    Two warm-up steps (the first traces the step), then ``steps`` timed in
-    three blocks; the fastest block counts (a slow spell of the machine hits
-    one block, not the choice). Each call of the compiled step runs one step,
-    so the time includes a per-call overhead that is the same for every
+    Builds the model and traces its step (the costly part: about 0.5-1.5 s),
+    runs it twice, and returns ``timer``: each ``timer()`` runs ``steps``
+    steps and returns seconds per step. Each compiled call runs one step, so
+    the time includes a per-call overhead that is the same for every
     candidate.
     """
     model = build_model(architecture, latent_dim, beta=beta, seed=0, precision=precision)
@@ -487,14 +489,17 @@ def time_training_step(architecture, latent_dim=2, *, beta=1.0, batch_size=100, 
     images = np.random.default_rng(0).random((batch_size, IMAGE_SIZE, IMAGE_SIZE, 1), dtype=np.float32)
     model.resident_data = ResidentData(images, noise_std=0.5, batch_size=batch_size)
     index = tf.range(batch_size, dtype=tf.int64)
+    # No autograph: the step has no tensor-dependent Python control flow, and converting it costs a second.
     step = tf.function(model.train_step, autograph=False)
     for _ in range(2):
         step(index)
-    blocks = []
-    for _ in range(3):
+
+    def timer():
         started = time.perf_counter()
-        for _ in range(max(1, steps // 3)):
+        for _ in range(steps):
             logs = step(index)
         float(logs["loss"])  # wait for the last step
-        blocks.append((time.perf_counter() - started) / max(1, steps // 3))
-    return min(blocks)
+        return (time.perf_counter() - started) / steps
+
+    return timer
+

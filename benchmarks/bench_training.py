@@ -7,9 +7,10 @@ Prints one JSON object. Per architecture: seconds per epoch of 62,400 images at
 batch 100 and samples per second (warm-up epoch excluded, best of the
 repeats), for the package's training path and, when the anchor scripts are
 found (and PyTorch is installed for the torch one), for the anchors, run
-alternately in the same run; the ratios; and the training loss after
-the same number of epochs on the same data (the anchors' random binary
-images), to show that the speed does not come from doing less work. Then the
+alternately in the same run (the order reversed every other round); the
+ratios; and the training loss after the same number of epochs on the same
+data (the anchors' random binary images), to show that the speed does not
+come from doing less work. Then the
 data-load times: the full synthetic set and a full-size NIST-layout archive,
 cold (nothing prepared) and warm (prepared cache).
 
@@ -252,8 +253,11 @@ def main(argv=None):
               "cpu": cpu_model(), "peak": peak_gflops(), "architectures": {}}
     for arch in (int(a) for a in args.archs):
         runs = {name: [] for name in runners}
-        for _ in range(args.repeats):
-            for name, run in runners.items():  # alternate, so slow spells hit every runner alike
+        order = list(runners.items())
+        for round_index in range(args.repeats):
+            # Alternate, so slow spells hit every runner alike, and reverse the
+            # order every other round (A B C D, D C B A), so no runner always goes first.
+            for name, run in (order if round_index % 2 == 0 else order[::-1]):
                 runs[name].append(run(arch))
         entry = {}
         for name, results in runs.items():

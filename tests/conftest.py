@@ -60,7 +60,7 @@ def decided_fast_paths(hermetic_session, tmp_path_factory):
     for architecture in models.ARCHITECTURES:
         for precision in ("auto", "float32"):
             fastpath.choose_path({"architecture": architecture, "latent_dim": 2, "batch_size": 100},
-                                 lambda candidate, shards: 1.0 / shards + (candidate != "float32"),
+                                 lambda candidate, shards: lambda: 1.0 / shards + (candidate != "float32"),
                                  precision=precision, cache_file=cache_file)
     return cache_file
 

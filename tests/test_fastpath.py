@@ -206,7 +206,7 @@ class StandInTimer:
 
     def __call__(self, precision, shards):
         self.calls.append((precision, shards))
-        return self.table[(precision, shards)]
+        return lambda: self.table[(precision, shards)]
 
 
 TABLE = {("float32", 1): 0.010, ("float32", 2): 0.006, ("mixed_bfloat16", 1): 0.009, ("mixed_bfloat16", 2): 0.008}
@@ -289,9 +289,25 @@ def test_candidates_follow_the_hardware(monkeypatch):
         fastpath.candidate_paths("auto", shards=0)
 
 
-def test_time_training_step_times_the_real_model():
-    seconds = training.time_training_step("arch2", precision="float32", shards=2, steps=3)
-    assert 0 < seconds < 5
+def test_candidates_are_timed_in_turn_and_keep_their_fastest_block(tmp_path, two_cores_with_bfloat16):
+    order = []
+    spells = iter([5.0] * 4 + [1.0] * 16)  # a slow spell in the first round hits all four alike
+
+    def prepare(precision, shards):
+        def timer():
+            order.append((precision, shards))
+            return TABLE[(precision, shards)] * next(spells)
+        return timer
+
+    choice = fastpath.choose_path({"architecture": "arch1"}, prepare, cache_file=tmp_path / "c.json", blocks=5)
+    candidates = fastpath.candidate_paths("auto")
+    assert order == candidates * 5
+    assert choice.step_ms == {"float32/1": 10.0, "float32/2": 6.0, "mixed_bfloat16/1": 9.0, "mixed_bfloat16/2": 8.0}
+
+
+def test_training_step_timer_times_the_real_model():
+    timer = training.training_step_timer("arch2", precision="float32", shards=2, steps=3)
+    assert all(0 < timer() < 5 for _ in range(2))
 
 
 def test_choose_fast_path_times_the_real_model_then_reads_the_cache(tmp_path):
