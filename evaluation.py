@@ -60,8 +60,8 @@ def reconstruct(model, x, batch_size=1000):
 def decode(model, z, batch_size=1000):
     """Decode latent points z (N, latent_dim) into float32 images (N, 28, 28, 1)."""
     z = np.asarray(z, dtype=np.float32)
-    if z.ndim != 2 or z.shape[1] != model.latent_dim:
-        raise ValueError(f"Expected z of shape (N, {model.latent_dim}). Received: z.shape={z.shape}")
+    if z.ndim != 2 or z.shape[1] != model.latent_dim or len(z) == 0:
+        raise ValueError(f"Expected z of shape (N, {model.latent_dim}) with N >= 1. Received: z.shape={z.shape}")
     return _apply(model, "decoder", z, check_positive_int("batch_size", batch_size))
 
 

@@ -114,3 +114,22 @@ def test_numpy_psnr():
     clean = np.zeros((2, 28, 28, 1))
     assert evaluation.psnr(clean, clean + 0.1) == pytest.approx([20.0, 20.0])
     assert evaluation.psnr(clean, clean).tolist() == [100.0, 100.0]
+
+
+def test_encode_reconstruct_decode_equal_the_models_own_layers_in_batches():
+    model = models.build_model("arch1", seed=0)
+    x = np.random.default_rng(0).random((23, 28, 28, 1), dtype=np.float32)
+    means = evaluation.encode_mean(model, x, batch_size=10)  # batches of 10, 10 and 3: one trace
+    assert means.shape == (23, 2) and means.dtype == np.float32
+    np.testing.assert_allclose(means, np.asarray(model.encoder(x)[0]), atol=1e-5)
+    images = evaluation.decode(model, means, batch_size=7)
+    assert images.shape == (23, 28, 28, 1) and images.dtype == np.float32
+    np.testing.assert_allclose(images, np.asarray(model.decoder(means)), atol=1e-5)
+    np.testing.assert_allclose(evaluation.reconstruct(model, x), images, atol=1e-5)
+
+
+@pytest.mark.parametrize("z", [np.zeros((0, 2)), np.zeros((4, 3)), np.zeros(2)])
+def test_decode_rejects_points_of_the_wrong_shape(z):
+    model = models.build_model("arch1", seed=0)
+    with pytest.raises(ValueError, match=r"^Expected z of shape \(N, 2\) with N >= 1\. Received: z\.shape="):
+        evaluation.decode(model, z)
