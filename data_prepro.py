@@ -11,8 +11,8 @@ The report's ``Input_read`` and ``Noise_addition`` live here as
   ``gzip.zip``; only labels 10-35 (capitals) are kept, as label - 10.
 * Offline, a synthetic stand-in comes from ``synthetic_letters.py``; this
   module balances, caches and labels it like the real data.
-* :func:`check_images`, :func:`check_pair`, :func:`as_model_input` and
-  :func:`check_positive_int` validate what the other modules are given.
+* :func:`check_images`, :func:`check_pair`, :func:`as_model_input`,
+  :func:`check_noise_std` and :func:`check_positive_int` validate what the other modules are given.
 
 This module never imports TensorFlow, so a notebook imports it in a moment.
 """
@@ -202,9 +202,7 @@ def noise_addition(x, noise_std=0.5, seed=None):
         seed: ``None`` for fresh noise, an int for reproducible noise.
     """
     x = check_images(x, "x")
-    if isinstance(noise_std, bool) or not isinstance(noise_std, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(noise_std) or noise_std < 0:
-        raise ValueError(f"Expected noise_std to be a finite number >= 0. Received: noise_std={noise_std!r}")
+    noise_std = check_noise_std(noise_std)
     if noise_std == 0:
         return x.astype(np.float32, copy=True)
     rng = np.random.default_rng(seed)
@@ -242,6 +240,14 @@ def check_positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"Expected {name} to be an integer >= 1. Received: {name}={value!r}")
     return int(value)
+
+
+def check_noise_std(noise_std):
+    """``noise_std`` as a float if it is a finite number >= 0, else a one-line ``ValueError``."""
+    if isinstance(noise_std, bool) or not isinstance(noise_std, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(noise_std) or noise_std < 0:
+        raise ValueError(f"Expected noise_std to be a finite number >= 0. Received: noise_std={noise_std!r}")
+    return float(noise_std)
 
 
 def check_pair(noisy, clean, noisy_name="x_noisy", clean_name="x_clean"):

@@ -30,7 +30,10 @@ _COMPILED = weakref.WeakKeyDictionary()
 
 
 def _apply(model, part, inputs, batch_size):
-    """``model.<part>`` (``"encoder"`` or ``"decoder"``) applied in batches; numpy outputs (a list for the encoder's three)."""
+    """``model.<part>`` (``"encoder"`` or ``"decoder"``) applied in batches.
+
+    Returns float32 numpy arrays: one, or a list of the encoder's three.
+    """
     functions = _COMPILED.setdefault(model, {})
     if part not in functions:
         layer = getattr(model, part)

@@ -28,7 +28,8 @@ import numpy as np
 import tensorflow as tf
 
 import fastpath
-from data_prepro import IMAGE_SIZE, as_model_input, check_images, check_positive_int, noise_addition
+from data_prepro import (IMAGE_SIZE, as_model_input, check_images, check_noise_std, check_positive_int,
+                         noise_addition)
 from fastpath import FusedAdam
 from models import DenoisingVAE, build_model, load_model, save_model
 
@@ -230,7 +231,7 @@ class NoiseRing:
     SHIFT_STRIDE = 97  # coprime with 784 = 2**4 * 7**2
 
     def __init__(self, noise_std, batch_size, seed=0, reuse=8):
-        self.noise_std = float(noise_std)
+        self.noise_std = check_noise_std(noise_std)
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.reuse = check_positive_int("reuse", reuse)
         if self.reuse > 64:  # keeps a batch of distinct rows within a ring whose rows live < 784 steps
@@ -258,10 +259,12 @@ class NoiseRing:
         positions = (step * self.renewed + tf.range(self.renewed, dtype=tf.int64)) % self.rows
         self.ring.scatter_nd_update(positions[:, None],
                                     tf.random.stateless_normal((self.renewed, self.PIXELS), seed=seed))
-        # Full-range integers reduced modulo small counts: the bias is below 1e-15.
+        # The step's rows: a random start and an odd stride over the power-of-two
+        # ring, so distinct. Full-range integers reduced modulo small counts:
+        # the bias is below 1e-15.
         count = tf.cast(count, tf.int64)
-        picks = tf.random.stateless_uniform(tf.reshape(count + 2, (1,)), seed=seed + [0, 1 << 40], minval=None, maxval=None,
-                                            dtype=tf.int64)
+        picks = tf.random.stateless_uniform(tf.reshape(count + 2, (1,)), seed=seed + [0, 1 << 40],
+                                            minval=None, maxval=None, dtype=tf.int64)
         start, stride = picks[0] % self.rows, 2 * (picks[1] % max(1, self.rows // 2)) + 1
         rows = (start + stride * tf.range(count, dtype=tf.int64)) % self.rows
         shift = (self.SHIFT_STRIDE * step + self.seed) % self.PIXELS

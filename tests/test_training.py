@@ -200,7 +200,8 @@ def test_noise_ring_fields_are_standard_normal_and_never_repeat():
     # Pixels of one field are independent: neighbouring pixels uncorrelated.
     assert abs(np.corrcoef(flat[:, :-1].ravel(), flat[:, 1:].ravel())[0, 1]) < 0.005
     # The same batch position in successive steps: uncorrelated fields.
-    successive = [np.corrcoef(fields[i, j], fields[i + 1, j])[0, 1] for i in range(0, 600, 7) for j in range(0, 100, 9)]
+    successive = [np.corrcoef(fields[i, j], fields[i + 1, j])[0, 1]
+                  for i in range(0, 600, 7) for j in range(0, 100, 9)]
     assert abs(np.mean(successive)) < 0.01 and np.max(np.abs(successive)) < 0.2
 
 
@@ -231,7 +232,12 @@ def test_noise_ring_noisy_batch_is_the_clipped_sum():
 def test_noise_ring_bad_arguments():
     with pytest.raises(ValueError, match=r"^Expected reuse to be at most 64\. Received: reuse=65$"):
         training.NoiseRing(0.5, 100, reuse=65)
+    with pytest.raises(ValueError, match=r"^Expected noise_std to be a finite number >= 0\. Received: noise_std=nan$"):
+        training.NoiseRing(float("nan"), 100)
+    with pytest.raises(ValueError, match=r"^Expected batch_size to be an integer >= 1\. Received: batch_size=0$"):
+        training.NoiseRing(0.5, 0)
     with pytest.raises(ValueError, match=r"^Expected count to be at most batch_size=10\. Received: count=11$"):
         training.NoiseRing(0.5, 10).fields(11)
-    with pytest.raises(ValueError, match=r"^Expected one array \(the clean images\) with noise_std\. Received: 2 arrays$"):
+    with pytest.raises(ValueError,
+                       match=r"^Expected one array \(the clean images\) with noise_std\. Received: 2 arrays$"):
         training.ResidentData(np.zeros((2, 28, 28), np.float32), np.zeros((2, 28, 28), np.float32), noise_std=0.5)
