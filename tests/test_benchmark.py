@@ -101,3 +101,32 @@ def test_realism_names_a_damaged_archive_in_one_line_before_training(tmp_path):
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith(f"realism.py: {damaged} is not a readable zip archive")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_realism_summary_gives_mean_spread_and_each_letters_lowest_set():
+    import realism
+
+    runs = [{"seed": 1, "accuracy": 0.80, "per_letter": {"I": 0.85, "L": 0.45}},
+            {"seed": 2, "accuracy": 0.84, "per_letter": {"I": 0.43, "L": 0.84}},
+            {"seed": 3, "accuracy": 0.82, "per_letter": {"I": 0.67, "L": 0.65}}]
+    summary = realism.summarise(runs)
+    assert summary["seeds"] == [1, 2, 3]
+    assert summary["accuracy_mean"] == 0.82
+    assert summary["accuracy_std"] == 0.02
+    assert summary["accuracy_range"] == [0.80, 0.84]
+    assert summary["per_letter_mean"] == {"I": 0.65, "L": 0.6467}
+    assert summary["per_letter_min"] == {"I": 0.43, "L": 0.45}
+    assert summary["sets_with_every_letter_at_least_60"] == 1
+    assert summary["letters_below_60_in_some_set"] == ["I", "L"]
+    assert realism.summarise(runs[:1])["accuracy_std"] is None
+
+
+def test_realism_refuses_fewer_than_one_seed(tmp_path):
+    import subprocess
+
+    archive = tmp_path / "gzip.zip"
+    archive.write_text("never read")
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "realism.py"), str(archive), "--seeds", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "realism.py: expected --seeds to be at least 1, received 0"
