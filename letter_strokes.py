@@ -83,9 +83,11 @@ FORMS = {
         (1, [_c((0, 0), (0, 1)), _c((0, 0.5), (0.7, 0.5)), _c((0.7, 0), (0.7, 1))]),
     ]},
     "I": {"upper": [
-        # A bar is written short: enlarged to 24 pixels, its stroke is thick.
-        (2, [_c((0.3, 0.25), (0.3, 0.9))]),
-        (1, [_c((0.3, 0.45), (0.3, 0.9))]),
+        # A bar written 3/4 of a capital, the l (_LOWER_SIZE) 1.6 capitals:
+        # enlarged to 24 pixels, I bars come out about 1.6x as wide as l
+        # bars (EMNIST: 1.3x). The wider gap teaches a classifier the width,
+        # the one cue that tells a bar I from a bar l (benchmarks/realism.py).
+        (4, [_c((0.3, 0.25), (0.3, 1))]),
         (1, [_c((0.3, 0), (0.3, 1)), _c((0, 0), (0.6, 0)), _c((0, 1), (0.6, 1))]),
     ], "lower": [
         (1, [_c((0.3, 0.32), (0.3, 1)), _c((0.3, 0.0), (0.3, 0.06))]),
@@ -109,8 +111,9 @@ FORMS = {
     ], "lower": [
         (2, [_c((0.3, 0), (0.3, 1))]),
         (1, [_c((0.4, 0), (0.32, 0.5), (0.29, 0.88), (0.42, 1.0))]),
-        (1, [_c((0.0, 0.85), (0.3, 0.45), (0.42, 0.12), (0.33, 0), (0.2, 0.12), (0.18, 0.6), (0.24, 0.95),
-                (0.45, 1))]),
+        # A looped l: one in 60 of EMNIST's L has a hole, against one in 8 at weight 1.
+        (0.15, [_c((0.0, 0.85), (0.3, 0.45), (0.42, 0.12), (0.33, 0), (0.2, 0.12), (0.18, 0.6), (0.24, 0.95),
+                   (0.45, 1))]),
     ]},
     "M": {"upper": [
         (2, [_c((0, 1), (0, 0), (0, 0), (0.4, 0.62), (0.4, 0.62), (0.8, 0), (0.8, 0), (0.8, 1))]),
@@ -214,7 +217,7 @@ _STRETCH = {"M": 1.4, "N": 1.3, "W": 1.45, "U": 1.15}
 # more. EMNIST frames every letter to the same 24 pixels, so a small letter
 # is enlarged more and its strokes come out thicker; drawing the forms at
 # their written size with one pen reproduces that.
-_LOWER_SIZE = {"C": 0.55, "I": 0.8, "J": 0.85, "K": 1.0, "L": 1.25, "M": 0.55, "O": 0.55, "P": 0.8, "S": 0.55,
+_LOWER_SIZE = {"C": 0.55, "I": 0.8, "J": 0.85, "K": 1.0, "L": 1.6, "M": 0.55, "O": 0.55, "P": 0.8, "S": 0.55,
                "U": 0.55, "V": 0.55, "W": 0.55, "X": 0.55, "Y": 0.8, "Z": 0.55}
 
 
