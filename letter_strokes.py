@@ -41,11 +41,16 @@ def _c(*points):
 # Lower-case forms of letters whose small form has the capital's shape
 # (c o s v w x z) repeat the capital's strokes at x-height proportions.
 _O = _arc(0.4, 0.5, 0.4, 0.5, -100, 275)
+_U_BOTTOM = _arc(0.35, 0.6, 0.35, 0.4, 180, 0, step=45)  # EMNIST's U is round at the bottom
 FORMS = {
     "A": {"upper": [
         (3, [_c((0, 1), (0.4, 0), (0.4, 0), (0.8, 1)), _c((0.16, 0.62), (0.66, 0.62))]),
         (2, [_c((0, 1), (0.32, 0.08), (0.4, 0), (0.48, 0.08), (0.8, 1)), _c((0.14, 0.6), (0.68, 0.6))]),
         (1, [_c((0.4, 0), (0, 1)), _c((0.4, 0), (0.8, 1)), _c((0.18, 0.55), (0.62, 0.55))]),
+        # A wide round top, the bar drawn through both legs: many of EMNIST's
+        # A, which a classifier trained on pointed A alone reads as H.
+        (2, [_c((0, 1), (0.1, 0.3), (0.25, 0.03), (0.4, 0), (0.55, 0.03), (0.7, 0.3), (0.8, 1)),
+             _c((-0.06, 0.58), (0.86, 0.56))]),
     ]},
     "B": {"upper": [
         (2, [_c((0, 0), (0, 1)), _c((0, 0), (0.4, 0), (0.58, 0.12), (0.56, 0.34), (0.36, 0.47), (0, 0.47)),
@@ -83,11 +88,11 @@ FORMS = {
         (1, [_c((0, 0), (0, 1)), _c((0, 0.5), (0.7, 0.5)), _c((0.7, 0), (0.7, 1))]),
     ]},
     "I": {"upper": [
-        # A bar written 3/4 of a capital, the l (_LOWER_SIZE) 1.6 capitals:
-        # enlarged to 24 pixels, I bars come out about 1.6x as wide as l
+        # A bar written 0.7 of a capital, the l (_LOWER_SIZE) 1.8 capitals:
+        # enlarged to 24 pixels, I bars come out about 1.7x as wide as l
         # bars (EMNIST: 1.3x). The wider gap teaches a classifier the width,
         # the one cue that tells a bar I from a bar l (benchmarks/realism.py).
-        (4, [_c((0.3, 0.25), (0.3, 1))]),
+        (4, [_c((0.3, 0.3), (0.3, 1))]),
         (1, [_c((0.3, 0), (0.3, 1)), _c((0, 0), (0.6, 0)), _c((0, 1), (0.6, 1))]),
     ], "lower": [
         (1, [_c((0.3, 0.32), (0.3, 1)), _c((0.3, 0.0), (0.3, 0.06))]),
@@ -159,10 +164,9 @@ FORMS = {
         (1, [_c((0.4, 0), (0.4, 1)), _c((0, 0.02), (0.8, 0))]),
     ]},
     "U": {"upper": [
-        (1, [_c((0, 0), (0, 0.68), (0.14, 0.94), (0.35, 1), (0.56, 0.94), (0.7, 0.68), (0.7, 0))]),
+        (1, [_c((0, 0), *_U_BOTTOM, (0.7, 0))]),
     ], "lower": [
-        (1, [_c((0, 0), (0, 0.68), (0.14, 0.94), (0.35, 1), (0.56, 0.94), (0.7, 0.68), (0.7, 0)),
-             _c((0.7, 0.02), (0.7, 1))]),
+        (1, [_c((0, 0), *_U_BOTTOM, (0.7, 0)), _c((0.7, 0.02), (0.7, 1))]),
     ]},
     "V": {"upper": [
         (3, [_c((0, 0), (0.35, 1), (0.35, 1), (0.7, 0))]),
@@ -209,7 +213,7 @@ def _catmull_rom(points, samples=48):
 
 # Handwritten M, N, W and U run wider than the boxes above (EMNIST's M is
 # about 1.5 times as wide as high): their x coordinates are stretched.
-_STRETCH = {"M": 1.4, "N": 1.3, "W": 1.45, "U": 1.15}
+_STRETCH = {"M": 1.4, "N": 1.3, "W": 1.45, "U": 1.05}
 
 
 # Height of each lower-case form on the paper, in capital heights: x-height
@@ -217,7 +221,7 @@ _STRETCH = {"M": 1.4, "N": 1.3, "W": 1.45, "U": 1.15}
 # more. EMNIST frames every letter to the same 24 pixels, so a small letter
 # is enlarged more and its strokes come out thicker; drawing the forms at
 # their written size with one pen reproduces that.
-_LOWER_SIZE = {"C": 0.55, "I": 0.8, "J": 0.85, "K": 1.0, "L": 1.6, "M": 0.55, "O": 0.55, "P": 0.8, "S": 0.55,
+_LOWER_SIZE = {"C": 0.55, "I": 0.8, "J": 0.85, "K": 1.0, "L": 1.8, "M": 0.55, "O": 0.55, "P": 0.8, "S": 0.55,
                "U": 0.55, "V": 0.55, "W": 0.55, "X": 0.55, "Y": 0.8, "Z": 0.55}
 
 

@@ -622,7 +622,7 @@ def test_i_bars_are_thicker_than_l_bars_and_few_l_have_a_loop():
     # EMNIST's I and L (three quarters lower-case l) are both mostly a single
     # bar; an I bar's stroke is about 1.3x as wide as an l's there (I is
     # written shorter, then enlarged to 24 pixels), and the generator widens
-    # the gap to about 1.6x so a classifier learns it (README, realism).
+    # the gap to about 1.7x so a classifier learns it (README, realism).
     # 1 L in 60 has a loop in EMNIST.
     from scipy import ndimage
 
