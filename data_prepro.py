@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synthetic_letters import synthetic_letters
+from synthetic_letters import generator_key, synthetic_letters
 
 LOGGER = logging.getLogger("data_prepro")
 
@@ -58,8 +58,8 @@ SOURCE_WORDS = ("auto", "emnist", "synthetic")
 # Connect/read timeouts (s) of a download; ``auto`` probes with a shorter one.
 DOWNLOAD_TIMEOUT = (10.0, 60.0)
 AUTO_PROBE_TIMEOUT = 3.0
-# Bump when the prepared-array format or the synthetic generator changes, so
-# stale caches are rebuilt instead of trusted.
+# Bump when the prepared-array format changes, so stale caches are rebuilt
+# instead of trusted (synthetic sets are also keyed by the generator's code).
 CACHE_VERSION = 2
 
 GET_REAL_DATA_HINT = (
@@ -752,7 +752,8 @@ def _finish(splits, source: DataSource) -> LoadedData:
 
 def _load_synthetic(train_size, test_size, seed, cache_dir, note):
     sizes = (train_size or EMNIST_TRAIN_CAPITALS, test_size or EMNIST_TEST_CAPITALS)
-    key = f"synthetic|{sizes[0]}|{sizes[1]}|{seed}"
+    # The generator's code is part of the key: a changed generator draws new letters.
+    key = f"synthetic|{sizes[0]}|{sizes[1]}|{seed}|{generator_key()}"
 
     def build():
         splits = []

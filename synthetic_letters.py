@@ -200,8 +200,12 @@ def _bank(cache_dir=None):
     return _BANK
 
 
-def _bank_key():
-    """What the bank depends on: the code that draws it and the libraries that render it."""
+def generator_key():
+    """What the letters depend on: the code that draws them and the libraries that render them (20 hex digits).
+
+    Keys the stored glyph bank here and the prepared synthetic sets in ``data_prepro``, so that a
+    changed generator never serves letters drawn by an earlier one.
+    """
     import matplotlib
     import scipy
 
@@ -219,7 +223,7 @@ def _stored_bank(cache_dir: Path):
     load it in a fraction of that. A file that cannot be read is rebuilt; a
     folder that cannot be written leaves the bank in memory only.
     """
-    path = cache_dir / f"glyph-bank-{_bank_key()}.npz"
+    path = cache_dir / f"glyph-bank-{generator_key()}.npz"
     try:
         with np.load(path, allow_pickle=False) as stored:
             bank, hull, letter, kind = (stored[name] for name in ("bank", "hull", "letter", "kind"))

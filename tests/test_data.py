@@ -107,6 +107,18 @@ def test_prepared_cache_is_used_and_a_corrupt_one_rebuilt(tiny_zip, tmp_path, ca
     np.testing.assert_array_equal(first[1][1], again[1][1])
 
 
+def test_prepared_synthetic_set_follows_the_generator_code(tmp_path, monkeypatch):
+    first = data_prepro.input_read("synthetic", train_size=52, test_size=26, seed=3, cache_dir=tmp_path)
+    assert len(list((tmp_path / "prepared").glob("synthetic-*.npz"))) == 1
+    again = data_prepro.input_read("synthetic", train_size=52, test_size=26, seed=3, cache_dir=tmp_path)
+    assert len(list((tmp_path / "prepared").glob("synthetic-*.npz"))) == 1  # served from the cache
+    np.testing.assert_array_equal(first[0][0], again[0][0])
+    # A changed generator (another code digest) gets letters of its own, not the stored ones.
+    monkeypatch.setattr(data_prepro, "generator_key", lambda: "another-generator")
+    data_prepro.input_read("synthetic", train_size=52, test_size=26, seed=3, cache_dir=tmp_path)
+    assert len(list((tmp_path / "prepared").glob("synthetic-*.npz"))) == 2
+
+
 def test_source_is_logged_once(tiny_zip, tmp_path, caplog):
     path, _ = tiny_zip
     with caplog.at_level(logging.INFO, logger="data_prepro"):
@@ -526,10 +538,10 @@ def test_glyph_bank_is_stored_once_and_rebuilt_when_damaged(tmp_path, monkeypatc
 
 
 def test_glyph_bank_key_follows_the_generator_code(monkeypatch):
-    key = synthetic_letters._bank_key()
-    assert key == synthetic_letters._bank_key() and len(key) == 20
+    key = synthetic_letters.generator_key()
+    assert key == synthetic_letters.generator_key() and len(key) == 20
     monkeypatch.setattr(letter_strokes, "__file__", synthetic_letters.__file__)
-    assert synthetic_letters._bank_key() != key
+    assert synthetic_letters.generator_key() != key
 
 
 def test_synthetic_default_sizes_match_emnist(tmp_path):
