@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -321,18 +322,36 @@ def warn(message):
     print(f"assignment_5.py: warning: {message}", file=sys.stderr, flush=True)
 
 
-def data_description(source, train, test):
-    """The data's entry in results.json: source, description, path, counts, and the archive's verification."""
-    info = {"source": source.kind, "description": source.describe(), "path": source.path, "train": train,
-            "test": test}
+def data_description(source, train_images, test_images):
+    """The data's entry in results.json: source, description, path, counts, the archive's verification,
+    and ``digest``, SHA-256 of the images (16 hex digits) as the models saw them."""
+    digest = hashlib.sha256()
+    for images in (train_images, test_images):
+        digest.update(np.ascontiguousarray(images).data)
+    info = {"source": source.kind, "description": source.describe(), "path": source.path,
+            "train": len(train_images), "test": len(test_images), "digest": digest.hexdigest()[:16]}
     if source.kind == "emnist":
         info.update(verified=source.verified, md5=source.md5)
     return info
 
 
-def same_data(stored, current):
-    """Whether results on ``stored`` data (or none yet) may be joined by results on ``current`` data."""
-    return stored is None or all(stored.get(key) == current.get(key) for key in ("source", "path", "train", "test"))
+def check_same_data(out, stored, current):
+    """Refuse to join results on ``stored`` data (None: no results yet) with results on ``current`` data.
+
+    Same source, path and counts are not enough: the images themselves must
+    be the same (a changed synthetic generator or a replaced archive draws
+    others under the same name). Results from before the digest was kept are
+    accepted on the rest.
+    """
+    if stored is None:
+        return
+    if any(stored.get(key) != current.get(key) for key in ("source", "path", "train", "test")):
+        raise UsageError(f"--out {out} holds results on other data ({stored.get('description')}); "
+                         "choose another --out")
+    if stored.get("digest", current["digest"]) != current["digest"]:
+        raise UsageError(f"--out {out} holds results on other images of the same source "
+                         f"({stored.get('description')}; the generator or the archive changed since); "
+                         "choose another --out")
 
 
 class OutLock:
@@ -423,10 +442,8 @@ def run_study(config: StudyConfig, out: Path, verbose=None):
 
     results_path = out / "results.json"
     results = read_json(results_path, {})
-    data_info = data_description(source, len(x_train), len(x_test))
-    if not same_data(results.get("data"), data_info):
-        raise UsageError(f"--out {out} holds results on other data ({results['data']['description']}); "
-                         "choose another --out")
+    data_info = data_description(source, x_train, x_test)
+    check_same_data(out, results.get("data"), data_info)
     results["data"] = data_info
     results.setdefault("models", {})
     write_json(results_path, results)
@@ -512,13 +529,11 @@ def run_sweep(config: StudyConfig, out: Path, *, workers=1, scheduler=None):
                                     seed=config.seed)
     (_, _), (x_test, y_test) = loaded
     source = loaded.source
-    data_info = data_description(source, len(loaded[0][0]), len(x_test))
+    data_info = data_description(source, loaded[0][0], x_test)
     progress(f"data: {source.describe()}; {data_info['train']} train and {data_info['test']} test images")
     results_path = out / "results.json"
     results = read_json(results_path, {})
-    if not same_data(results.get("data"), data_info):
-        raise UsageError(f"--out {out} holds results on other data ({results['data']['description']}); "
-                         "choose another --out")
+    check_same_data(out, results.get("data"), data_info)
     cells = sweep.expand_cells(config.models, config.values("latent_dim"), config.values("noise_std"),
                                config.values("beta"), config.seed, config.seeds)
     where = (f"the Dask scheduler at {scheduler}" if scheduler else

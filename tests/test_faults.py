@@ -143,6 +143,26 @@ def test_a_damaged_history_keeps_its_good_rows(tmp_path, caplog):
     assert "history.csv is damaged after 1 rows" in caplog.text
 
 
+def test_a_run_folder_made_on_other_images_of_the_same_source_is_refused(tmp_path, capsys, monkeypatch):
+    import data_prepro
+
+    out = tmp_path / "run"
+    assert assignment_5.main(SMALL + ["--models", "ae", "--out", str(out)]) == 0
+    stored = json.loads((out / "results.json").read_text())["data"]
+    assert len(stored["digest"]) == 16
+    # A changed generator: same source, sizes and seed, other letters.
+    drawn = data_prepro.synthetic_letters
+    monkeypatch.setattr(data_prepro, "synthetic_letters", lambda labels, seed, bank_cache=None:
+                        255 - drawn(labels, seed, bank_cache=bank_cache))
+    monkeypatch.setattr(data_prepro, "generator_key", lambda: "a-changed-generator")
+    capsys.readouterr()
+    assert assignment_5.main(SMALL + ["--models", "ae,arch2", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"assignment_5.py: error: --out {out} holds results on other images of the same source "
+        f"({stored['description']}; the generator or the archive changed since); choose another --out\n")
+    assert set(json.loads((out / "results.json").read_text())["models"]) == {"ae"}  # nothing lost
+
+
 def test_out_naming_an_existing_file_is_refused(tmp_path, capsys):
     target = tmp_path / "a-file"
     target.write_text("x")
