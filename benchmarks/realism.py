@@ -14,8 +14,10 @@ generating the synthetic set took.
 
 With ``--seeds K`` the measurement is repeated on K synthetic sets (seeds
 ``seed`` to ``seed + K - 1``; the classifier's own seed stays 0) and the JSON
-object adds ``summary``: mean, sample standard deviation and range of the
-overall accuracy, and each letter's mean and lowest accuracy over the sets.
+object is ``{"summary": ..., "runs": [one object as above per set]}``, the
+summary giving the mean, sample standard deviation and range of the overall
+accuracy, each letter's mean and lowest accuracy over the sets, and how many
+sets have every letter at 60 % or more.
 Letters whose forms overlap in real handwriting (a plain bar is an I or an l)
 swing by tens of points from one set to the next, so one set's worst letter
 says little on its own.

@@ -109,8 +109,12 @@ def test_quick_study_writes_every_output(quick_run):
     status, out = quick_run
     assert status == 0
     results = json.loads((out / "results.json").read_text())
+    # The digest is SHA-256 of the very images trained and tested on.
+    loaded = data_prepro.input_read("synthetic", train_size=2600, test_size=520, seed=0)
     assert results["data"] == {"source": "synthetic", "description": results["data"]["description"],
-                               "path": None, "train": 2600, "test": 520}
+                               "path": None, "train": 2600, "test": 520,
+                               "digest": assignment_5.data_description(loaded.source, loaded[0][0],
+                                                                       loaded[1][0])["digest"]}
     assert set(results["models"]) == {"arch1", "arch2", "arch3", "ae"}
     for name, entry in results["models"].items():
         assert entry["epochs"] == 2 and entry["train_seconds"] > 0
