@@ -88,10 +88,11 @@ FORMS = {
         (1, [_c((0, 0), (0, 1)), _c((0, 0.5), (0.7, 0.5)), _c((0.7, 0), (0.7, 1))]),
     ]},
     "I": {"upper": [
-        # A bar written 0.7 of a capital, the l (_LOWER_SIZE) 1.8 capitals:
-        # enlarged to 24 pixels, I bars come out about 1.7x as wide as l
-        # bars (EMNIST: 1.3x). The wider gap teaches a classifier the width,
-        # the one cue that tells a bar I from a bar l (benchmarks/realism.py).
+        # A bar written 0.7 of a capital, the l (_LOWER_SIZE) 1.4 capitals:
+        # enlarged to 24 pixels, I bars come out about 1.55x as wide as l
+        # bars (EMNIST: 1.35x) and, blurrier, half a pixel shorter above
+        # half intensity (EMNIST: 1.2). Width is the clearest cue between a
+        # bar I and a bar l (benchmarks/realism.py, README).
         (4, [_c((0.3, 0.3), (0.3, 1))]),
         (1, [_c((0.3, 0), (0.3, 1)), _c((0, 0), (0.6, 0)), _c((0, 1), (0.6, 1))]),
     ], "lower": [
@@ -221,7 +222,7 @@ _STRETCH = {"M": 1.4, "N": 1.3, "W": 1.45, "U": 1.05}
 # more. EMNIST frames every letter to the same 24 pixels, so a small letter
 # is enlarged more and its strokes come out thicker; drawing the forms at
 # their written size with one pen reproduces that.
-_LOWER_SIZE = {"C": 0.55, "I": 0.8, "J": 0.85, "K": 1.0, "L": 1.8, "M": 0.55, "O": 0.55, "P": 0.8, "S": 0.55,
+_LOWER_SIZE = {"C": 0.55, "I": 0.8, "J": 0.85, "K": 1.0, "L": 1.4, "M": 0.55, "O": 0.55, "P": 0.8, "S": 0.55,
                "U": 0.55, "V": 0.55, "W": 0.55, "X": 0.55, "Y": 0.8, "Z": 0.55}
 
 
