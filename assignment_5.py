@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+import atomic_files
 import data_prepro
 
 ARCHITECTURES = ("arch1", "arch2", "arch3", "ae")
@@ -285,9 +286,7 @@ def prepare_out(out: Path, config: StudyConfig):
 
 def write_json(path: Path, data):
     """Write JSON atomically: a killed run never leaves half a file."""
-    partial = path.with_name(path.name + ".part")
-    partial.write_text(json.dumps(data, indent=2, default=_json_default))
-    os.replace(partial, path)
+    atomic_files.write_json(path, data, default=_json_default)
 
 
 def _json_default(value):

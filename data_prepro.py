@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+import atomic_files
 from synthetic_letters import generator_key, synthetic_letters
 
 LOGGER = logging.getLogger("data_prepro")
@@ -428,9 +429,7 @@ def _read_meta(path):
 
 def _write_meta(path, meta):
     try:
-        partial = Path(path).with_name(Path(path).name + ".tmp")
-        partial.write_text(json.dumps(meta))
-        os.replace(partial, path)
+        atomic_files.write_text(path, json.dumps(meta))
     except OSError as error:
         LOGGER.warning("could not write %s (%s); an interrupted download will start again", path, error)
 
@@ -728,12 +727,9 @@ def _cached(cache_dir: Path, key: str, build):
             LOGGER.warning("prepared cache %s is unreadable (%s); rebuilding it", path, _first_line(error))
     splits = build()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + f".{os.getpid()}.part")
-        with open(partial, "wb") as file:
+        with atomic_files.replacing(path) as partial, open(partial, "wb") as file:
             np.savez_compressed(file, key=np.array(key), x0=splits[0][0], y0=splits[0][1],
                                 x1=splits[1][0], y1=splits[1][1])
-        os.replace(partial, path)
     except OSError as error:
         LOGGER.warning("could not write the prepared cache %s (%s); continuing without it", path, error)
     return splits

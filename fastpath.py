@@ -59,6 +59,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
+import atomic_files  # noqa: E402
 from data_prepro import caching_disabled, package_cache_dir  # noqa: E402
 
 LOGGER = logging.getLogger("fastpath")
@@ -436,9 +437,6 @@ def _read_cache(path):
 
 def _write_cache(path, entries):
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.part")
-        partial.write_text(json.dumps({"entries": entries}, indent=1))
-        os.replace(partial, path)
+        atomic_files.write_json(path, {"entries": entries}, indent=1)
     except OSError as error:
         LOGGER.warning("could not write the fast-path cache %s (%s); the next run measures again", path, error)

@@ -17,9 +17,8 @@ its layers, weights and saved files are the report's either way.
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
+import atomic_files
 import fastpath  # sets TensorFlow's thread options before TensorFlow starts
 import keras
 import numpy as np
@@ -387,10 +386,8 @@ def parameter_counts(model):
 
 def save_model(model, path):
     """Save ``model`` to ``path`` (``.keras``) atomically: a run killed while saving leaves the old file or none."""
-    path = Path(path)
-    partial = path.with_name(f".{path.stem}.part.keras")
-    model.save(partial)
-    os.replace(partial, path)
+    with atomic_files.replacing(path, suffix=".keras") as partial:
+        model.save(partial)
 
 
 def load_model(path):

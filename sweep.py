@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+import atomic_files
+
 METRICS = ("loss", "reconstruction", "kl", "accuracy", "psnr_noisy", "psnr_reconstructed", "ssim_noisy",
            "ssim_reconstructed", "log_likelihood")
 SWEPT = ("latent_dim", "noise_std", "beta")
@@ -288,15 +290,13 @@ def write_sweep_csv(path, results):
     """One tidy row per cell: settings, seed, status, every test metric, training seconds."""
     columns = ["model", "latent_dim", "noise_std", "beta", "seed", "study_seed", "status", *METRICS,
                "train_seconds", "epochs", "folder", "error"]
-    partial = Path(path).with_name(Path(path).name + ".part")
-    with open(partial, "w", newline="") as file:
+    with atomic_files.replacing(path) as partial, open(partial, "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=columns)
         writer.writeheader()
         for result in results:
             row = {key: result.get(key, "") for key in columns}
             row.update({metric: result.get("test", {}).get(metric, "") for metric in METRICS})
             writer.writerow(row)
-    os.replace(partial, path)
 
 
 def _read_json(path):
@@ -307,11 +307,7 @@ def _read_json(path):
 
 
 def _write_json(path, data):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
-    partial.write_text(json.dumps(data, indent=2, default=_json_default))
-    os.replace(partial, path)
+    atomic_files.write_json(path, data, default=_json_default)
 
 
 def _json_default(value):

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+import atomic_files
 import letter_strokes
 
 # The alphabet and image side of data_prepro.LETTERS / IMAGE_SIZE, which
@@ -250,11 +251,8 @@ def _stored_bank(cache_dir: Path):
         pass  # absent or damaged: build it
     built = _glyph_bank()
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.part")
-        with open(partial, "wb") as file:
+        with atomic_files.replacing(path) as partial, open(partial, "wb") as file:
             np.savez_compressed(file, bank=built[0].astype(np.float16), hull=built[1], letter=built[2], kind=built[3])
-        os.replace(partial, path)
     except OSError:
         pass  # an unwritable cache only costs the next process the build
     return built

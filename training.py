@@ -19,7 +19,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import atomic_files
 import fastpath
 from data_prepro import (IMAGE_SIZE, as_model_input, check_images, check_noise_std, check_positive_int,
                          noise_addition)
@@ -99,7 +99,7 @@ class _EpochCheckpoint(keras.callbacks.Callback):
         _write_history(self.run_dir / "history.csv", self.history)
         path = self.run_dir / f"checkpoint-epoch{epoch + 1}.keras"
         save_model(self.model, path)
-        _atomic_json(self.run_dir / "progress.json", {**self.metadata, "epochs_done": epoch + 1,
+        atomic_files.write_json(self.run_dir / "progress.json", {**self.metadata, "epochs_done": epoch + 1,
                                                        "train_seconds": seconds})
         for old in self.run_dir.glob("checkpoint-epoch*.keras"):
             if old != path:
@@ -127,18 +127,10 @@ class _StopOnNonFiniteBatch(keras.callbacks.Callback):
 
 def _write_history(path, rows):
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    partial = path.with_name(path.name + ".part")
-    with open(partial, "w", newline="") as file:
+    with atomic_files.replacing(path) as partial, open(partial, "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(partial, path)
-
-
-def _atomic_json(path, data):
-    partial = path.with_name(path.name + ".part")
-    partial.write_text(json.dumps(data, indent=2))
-    os.replace(partial, path)
 
 
 def read_history(run_dir):

@@ -6,8 +6,8 @@ import pytest
 from conftest import REPO
 
 # Lower modules first: a module may import only modules before it.
-ORDER = ("letter_strokes", "synthetic_letters", "data_prepro", "fastpath", "models", "training", "evaluation", "plots",
-         "startup", "sweep", "assignment_5")
+ORDER = ("atomic_files", "letter_strokes", "synthetic_letters", "data_prepro", "fastpath", "models", "training",
+         "evaluation", "plots", "startup", "sweep", "assignment_5")
 
 
 def project_imports(name):
