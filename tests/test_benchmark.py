@@ -130,3 +130,21 @@ def test_realism_refuses_fewer_than_one_seed(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip() == "realism.py: expected --seeds to be at least 1, received 0"
+
+
+def test_realism_reference_trains_on_the_archives_own_capitals(tmp_path):
+    import subprocess
+
+    from conftest import tiny_splits, write_nist_zip
+
+    archive = write_nist_zip(tmp_path / "gzip.zip", tiny_splits(train_per_label=4, test_per_label=2))
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "realism.py"), str(archive), "--reference",
+                           "--seeds", "2", "--epochs", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["summary"]["seeds"] == [0, 1]
+    for run in result["runs"]:
+        # 26 capitals x 4 to learn from, 26 x 2 to classify; digits and lower case are left out.
+        assert run["trained_on"] == "real" and run["train_images"] == 104 and run["real_images"] == 52
+        assert sorted(run["per_letter"]) == list("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+        assert 0 <= run["accuracy"] <= 1
