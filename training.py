@@ -99,8 +99,8 @@ class _EpochCheckpoint(keras.callbacks.Callback):
         _write_history(self.run_dir / "history.csv", self.history)
         path = self.run_dir / f"checkpoint-epoch{epoch + 1}.keras"
         save_model(self.model, path)
-        atomic_files.write_json(self.run_dir / "progress.json", {**self.metadata, "epochs_done": epoch + 1,
-                                                       "train_seconds": seconds})
+        atomic_files.write_json(self.run_dir / "progress.json",
+                                {**self.metadata, "epochs_done": epoch + 1, "train_seconds": seconds})
         for old in self.run_dir.glob("checkpoint-epoch*.keras"):
             if old != path:
                 old.unlink(missing_ok=True)
