@@ -256,6 +256,12 @@ def form_list():
     return out
 
 
+def written_size(strokes):
+    """The longer side of a form's control points, in capital heights (a list of (K, 2) strokes)."""
+    corners = np.concatenate(strokes)
+    return float((corners.max(0) - corners.min(0)).max())
+
+
 def draw_forms(strokes_list, rng, canvas=64, extent=44):
     """Draw one random variant of each form (a list of strokes) on a ``canvas`` x ``canvas`` grid.
 
@@ -266,8 +272,7 @@ def draw_forms(strokes_list, rng, canvas=64, extent=44):
 
     out = np.zeros((len(strokes_list), canvas, canvas), np.float32)
     for g, strokes in enumerate(strokes_list):
-        corners = np.concatenate(strokes)
-        size = (corners.max(0) - corners.min(0)).max()  # jitter scales with the written size
+        size = written_size(strokes)  # jitter scales with the written size
         jitter = rng.uniform(*JITTER) * size
         paths, radii = [], []
         pen = rng.uniform(*PEN_RADIUS)  # in capital heights, so small forms are enlarged with their pen

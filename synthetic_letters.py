@@ -164,7 +164,7 @@ def _stroke_glyphs():
                 letters += [letter] * count
                 lower += [case] * count
     images = letter_strokes.draw_forms(strokes, rng, canvas=_CANVAS, extent=_STROKE_EXTENT)
-    written = np.array([np.ptp(np.concatenate(form), axis=0).max() for form in strokes])
+    written = np.array([letter_strokes.written_size(form) for form in strokes])
     return images, np.asarray(letters, np.int64), np.asarray(lower, bool), written
 
 
