@@ -1,4 +1,5 @@
 """plots.py and assignment_5.py: figures, the whole study, resume, errors, the README snippet."""
+import hashlib
 import json
 import re
 import subprocess
@@ -109,12 +110,11 @@ def test_quick_study_writes_every_output(quick_run):
     status, out = quick_run
     assert status == 0
     results = json.loads((out / "results.json").read_text())
-    # The digest is SHA-256 of the very images trained and tested on.
+    # The digest is SHA-256 of the very images trained and tested on (train, then test).
     loaded = data_prepro.input_read("synthetic", train_size=2600, test_size=520, seed=0)
+    digest = hashlib.sha256(loaded[0][0].tobytes() + loaded[1][0].tobytes())
     assert results["data"] == {"source": "synthetic", "description": results["data"]["description"],
-                               "path": None, "train": 2600, "test": 520,
-                               "digest": assignment_5.data_description(loaded.source, loaded[0][0],
-                                                                       loaded[1][0])["digest"]}
+                               "path": None, "train": 2600, "test": 520, "digest": digest.hexdigest()[:16]}
     assert set(results["models"]) == {"arch1", "arch2", "arch3", "ae"}
     for name, entry in results["models"].items():
         assert entry["epochs"] == 2 and entry["train_seconds"] > 0
