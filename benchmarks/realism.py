@@ -97,6 +97,18 @@ def confusion_report(labels, predicted, letters, top=10):
     return per_letter, pairs
 
 
+def scores(model, x_real, y_real, letters):
+    """``model`` on real letters: their count, overall and per-letter accuracy, the worst letters
+    and the costliest confusions (the part of the JSON object both measurements share)."""
+    predicted = model.predict(x_real, batch_size=512, verbose=0).argmax(1)
+    per_letter, pairs = confusion_report(y_real, predicted, letters)
+    return {
+        "real_images": int(len(y_real)), "accuracy": round(float((predicted == y_real).mean()), 4),
+        "worst_letters": dict(sorted(per_letter.items(), key=lambda item: item[1])[:6]),
+        "per_letter": per_letter, "costliest_confusions": pairs,
+    }
+
+
 def measure(archive, train_size=20800, seed=1, epochs=8):
     """Train on synthetic letters, test on ``archive``'s real capitals; returns the JSON-ready dict."""
     os.environ["DENOISING_VAE_NO_CACHE"] = "1"  # time the generator itself, not a cached copy
@@ -113,14 +125,9 @@ def measure(archive, train_size=20800, seed=1, epochs=8):
     started = time.perf_counter()
     model = train_classifier(x_train, y_train, epochs)
     train_seconds = time.perf_counter() - started
-    predicted = model.predict(x_real, batch_size=512, verbose=0).argmax(1)
     held_accuracy = float((model.predict(x_held, batch_size=512, verbose=0).argmax(1) == y_held).mean())
-    per_letter, pairs = confusion_report(y_real, predicted, LETTERS)
     return {
-        "archive": str(archive), "real_images": int(len(y_real)),
-        "accuracy": round(float((predicted == y_real).mean()), 4),
-        "worst_letters": dict(sorted(per_letter.items(), key=lambda item: item[1])[:6]),
-        "per_letter": per_letter, "costliest_confusions": pairs,
+        "archive": str(archive), **scores(model, x_real, y_real, LETTERS),
         "synthetic_held_out_accuracy": round(held_accuracy, 4),
         "train_size": train_size, "seed": seed, "epochs": epochs,
         "generate_seconds": round(generate_seconds, 2), "train_seconds": round(train_seconds, 1),
@@ -138,19 +145,16 @@ def measure_reference(archive, seed=0, epochs=8):
     started = time.perf_counter()
     model = train_classifier(x_train, y_train, epochs, seed=seed)
     train_seconds = time.perf_counter() - started
-    predicted = model.predict(x_test, batch_size=512, verbose=0).argmax(1)
-    per_letter, pairs = confusion_report(y_test, predicted, LETTERS)
     return {
         "archive": str(archive), "trained_on": "real", "train_images": int(len(y_train)),
-        "real_images": int(len(y_test)), "accuracy": round(float((predicted == y_test).mean()), 4),
-        "worst_letters": dict(sorted(per_letter.items(), key=lambda item: item[1])[:6]),
-        "per_letter": per_letter, "costliest_confusions": pairs,
+        **scores(model, x_test, y_test, LETTERS),
         "seed": seed, "epochs": epochs, "train_seconds": round(train_seconds, 1),
     }
 
 
 def summarise(results):
-    """Spread over several synthetic sets: overall mean, sample std and range; per-letter mean and minimum."""
+    """Spread over several synthetic sets (or classifier seeds): overall mean, sample std and range;
+    per-letter mean and minimum."""
     import numpy as np
 
     overall = np.array([result["accuracy"] for result in results])
@@ -172,7 +176,7 @@ def summarise(results):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("archive", type=Path, help="EMNIST archive in NIST's layout (gzip.zip or a sample)")
-    parser.add_argument("--train-size", type=int, default=20800)
+    parser.add_argument("--train-size", type=int, default=None, help="synthetic training letters (default 20800)")
     parser.add_argument("--seed", type=int, default=None, help="first synthetic set (default 1), or first "
                         "classifier seed with --reference (default 0)")
     parser.add_argument("--seeds", type=int, default=1, help="synthetic sets (or classifier seeds) to measure")
@@ -185,12 +189,15 @@ def main(argv=None):
         parser.exit(2, f"realism.py: archive {args.archive} does not exist\n")
     if args.seeds < 1:
         parser.exit(2, f"realism.py: expected --seeds to be at least 1, received {args.seeds}\n")
+    if args.reference and args.train_size is not None:
+        parser.exit(2, "realism.py: --train-size sizes the synthetic training set; --reference trains on the "
+                    "archive's own training capitals\n")
     first = args.seed if args.seed is not None else 0 if args.reference else 1
     try:
         if args.reference:
             runs = [measure_reference(args.archive, seed, args.epochs) for seed in range(first, first + args.seeds)]
         else:
-            runs = [measure(args.archive, args.train_size, seed, args.epochs)
+            runs = [measure(args.archive, args.train_size or 20800, seed, args.epochs)
                     for seed in range(first, first + args.seeds)]
         result = runs[0] if len(runs) == 1 else {"summary": summarise(runs), "runs": runs}
     except (ValueError, OSError) as error:  # a damaged archive or a bad size: one line, no traceback

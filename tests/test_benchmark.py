@@ -148,3 +148,15 @@ def test_realism_reference_trains_on_the_archives_own_capitals(tmp_path):
         assert run["trained_on"] == "real" and run["train_images"] == 104 and run["real_images"] == 52
         assert sorted(run["per_letter"]) == list("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
         assert 0 <= run["accuracy"] <= 1
+
+
+def test_realism_refuses_a_training_size_with_reference(tmp_path):
+    import subprocess
+
+    archive = tmp_path / "gzip.zip"
+    archive.write_text("never read")
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "realism.py"), str(archive), "--reference",
+                           "--train-size", "5000"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip() == ("realism.py: --train-size sizes the synthetic training set; --reference trains "
+                                   "on the archive's own training capitals")
