@@ -9,6 +9,12 @@ What it fuses, and how each is proven equal (``tests/test_fastpath.py``):
 * **ReLU convolution + max pooling** (the convolutional encoders),
   :func:`conv_relu_pool`: the ReLU runs after the pooling, on the 4x smaller
   map (max and ReLU commute). Tested against the two layers with gradients.
+* **Output sigmoid + cross-entropy**, :func:`plan_logits` / :func:`run_logits`:
+  the decoder is run up to its sigmoid's input, and the loss
+  (``models.reconstruction_loss_from_logits``) takes the sigmoid in float32
+  with a two-operation gradient, p - x. Tested against the layers and
+  ``models.reconstruction_loss``: bit-equal losses in float32, and in mixed
+  bfloat16 closer to the float32 loss than the layers' bfloat16 sigmoid.
 * **Adam** (:class:`FusedAdam`): one ``ResourceApplyAdam`` kernel per
   variable, the update of ``keras.optimizers.Adam``. Tested against it step by step.
 * **Batch shards** (:func:`default_shards`): a batch split into slices that
@@ -95,7 +101,7 @@ def _is_upsample_conv(upsampling, conv):
             and upsampling.data_format == conv.data_format == "channels_last")
 
 
-def upsample_conv(x, conv):
+def upsample_conv(x, conv, activate=True):
     """``conv(UpSampling2D(2)(x))`` computed as one convolution on ``x`` itself.
 
     Each of the four parities (row, column) of the upsampled output is a
@@ -109,9 +115,11 @@ def upsample_conv(x, conv):
         x: (B, H, W, C_in) tensor.
         conv: a built 3x3, stride-1 ``Conv2D`` with ``"same"`` or ``"valid"`` padding.
 
+        activate: apply ``conv``'s activation (false: the pre-activation values).
+
     Returns:
         (B, 2H, 2W, C_out) for ``"same"``, (B, 2H - 2, 2W - 2, C_out) for ``"valid"``,
-        in ``conv``'s compute dtype, activation applied.
+        in ``conv``'s compute dtype.
     """
     taps = _PHASE_TAPS[conv.padding]
     rows = taps.shape[1]
@@ -128,7 +136,7 @@ def upsample_conv(x, conv):
     y = tf.reshape(tf.transpose(y, (0, 1, 3, 2, 4, 5)), (shape[0], 2 * shape[1], 2 * shape[2], channels_out))
     if conv.use_bias:
         y = y + tf.cast(tf.convert_to_tensor(conv.bias), dtype)
-    return conv.activation(y)
+    return conv.activation(y) if activate else y
 
 
 def _is_conv_relu_pool(conv, pooling):
@@ -204,6 +212,51 @@ def run_steps(steps, x, training=False):
         else:
             x = pair[0](x, training=training)
     return x
+
+
+def plan_logits(steps):
+    """``(steps, last, after)`` for a decoder plan whose output is a sigmoid: the
+    steps before the last weighted layer, that step with its activation left
+    out, and the reshapes after it; ``None`` for any other plan.
+
+    The sigmoid's input (the logits) then reaches the loss, which can take
+    the sigmoid and its gradient together (``models.reconstruction_loss_from_logits``).
+    """
+    for index in range(len(steps) - 1, -1, -1):
+        kind, pair = steps[index]
+        if not all(isinstance(layer, layers.Reshape) for _, after in steps[index + 1:] for layer in after):
+            return None
+        layer = pair[-1]
+        if isinstance(layer, layers.Reshape):
+            continue
+        supported = kind == "upsample_conv" or (kind == "layer" and (
+            isinstance(layer, layers.Dense) or (isinstance(layer, layers.Conv2D)
+                                                and layer.data_format == "channels_last")))
+        if not supported or layer.activation is not keras.activations.sigmoid:
+            return None
+        return steps[:index], steps[index], steps[index + 1:]
+    return None
+
+
+def run_logits(plan, x, training=False):
+    """The decoder's output before its sigmoid, for a plan of :func:`plan_logits`:
+    ``sigmoid(run_logits(plan, x))`` equals ``run_steps(steps, x)`` (the sigmoid in the
+    compute dtype there). Returns the pre-activation values in the layer's compute dtype."""
+    before, (kind, pair), after = plan
+    x = run_steps(before, x, training)
+    layer = pair[-1]
+    dtype = layer.compute_dtype
+    if kind == "upsample_conv":
+        x = upsample_conv(x, layer, activate=False)
+    else:
+        kernel = tf.cast(tf.convert_to_tensor(layer.kernel), dtype)
+        x = tf.cast(x, dtype)
+        # What the layer's call computes before its activation (Keras 3's Dense and Conv2D).
+        x = layer.convolution_op(x, kernel) if isinstance(layer, layers.Conv2D) else ops.matmul(x, kernel)
+        if layer.use_bias:
+            # bias_add, not an add: TensorFlow fuses MatMul + BiasAdd into one oneDNN kernel.
+            x = tf.nn.bias_add(x, tf.cast(tf.convert_to_tensor(layer.bias), dtype))
+    return run_steps(after, x, training)
 
 
 def plan_encoder(encoder, outputs):
