@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -451,31 +453,40 @@ def choose_fast_path(architecture, latent_dim=2, *, beta=1.0, batch_size=100, pr
     ``batch_size`` with fresh noise, as the study does, in blocks of a few
     steps taken in turn with the other candidates'.
 
+    The cache key includes :func:`step_code_key`: a decision timed on another
+    version of the training step is timed again. Candidates of one precision
+    share one model (each traces its own step).
+
     Returns:
         ``fastpath.PathChoice``; build the model with its ``precision`` and
         pass its ``shards`` to :func:`train_model`.
     """
-    model_key = {"architecture": architecture, "latent_dim": int(latent_dim), "batch_size": int(batch_size)}
+    model_key = {"architecture": architecture, "latent_dim": int(latent_dim), "batch_size": int(batch_size),
+                 "step_code": step_code_key()}
+    built = {}
 
     def prepare_timer(candidate_precision, candidate_shards):
+        if candidate_precision not in built:
+            built[candidate_precision] = _timing_model(architecture, latent_dim, beta, batch_size, candidate_precision)
         return training_step_timer(architecture, latent_dim, beta=beta, batch_size=batch_size,
-                                   precision=candidate_precision, shards=candidate_shards)
+                                   precision=candidate_precision, shards=candidate_shards,
+                                   model=built[candidate_precision])
 
     return fastpath.choose_path(model_key, prepare_timer, precision=precision, shards=shards, cache_file=cache_file)
 
 
-def training_step_timer(architecture, latent_dim=2, *, beta=1.0, batch_size=100, precision="float32", shards=1,
-                        steps=8):
-    """A freshly built model's training step (fresh noise, as :func:`train_model`), ready to time.
+def step_code_key():
+    """A digest of the code a training step runs (``fastpath``, ``models`` and this
+    module): a timing of one version says nothing about another."""
+    digest = hashlib.sha256()
+    for module in (fastpath, sys.modules[DenoisingVAE.__module__], sys.modules[__name__]):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
 
-    Builds the model and traces its step (the costly part: about 0.5-1.5 s),
-    runs it twice, and returns ``timer``: each ``timer()`` runs ``steps``
-    steps and returns seconds per step. Each compiled call runs one step, so
-    the time includes a per-call overhead that is the same for every
-    candidate.
-    """
+
+def _timing_model(architecture, latent_dim, beta, batch_size, precision):
+    """A model ready for :func:`training_step_timer`: compiled, Adam's slots made, fresh noise on."""
     model = build_model(architecture, latent_dim, beta=beta, seed=0, precision=precision)
-    model.shards = shards
     model.compile(optimizer=FusedAdam(1e-3))
     # Adam's slots made now, eagerly: created inside the traced step, they make
     # tf.function trace the step twice (once to create them), doubling the cost.
@@ -483,6 +494,23 @@ def training_step_timer(architecture, latent_dim=2, *, beta=1.0, batch_size=100,
     model.train_noise_std = 0.5
     images = np.random.default_rng(0).random((batch_size, IMAGE_SIZE, IMAGE_SIZE, 1), dtype=np.float32)
     model.resident_data = ResidentData(images, noise_std=0.5, batch_size=batch_size)
+    return model
+
+
+def training_step_timer(architecture, latent_dim=2, *, beta=1.0, batch_size=100, precision="float32", shards=1,
+                        steps=8, model=None):
+    """A model's training step (fresh noise, as :func:`train_model`), ready to time.
+
+    Builds the model (or takes ``model``, made by an earlier call for the same
+    architecture and precision: its steps keep the shards they were traced
+    with), traces its step (the costly part: about 0.5-1.5 s), runs it twice,
+    and returns ``timer``: each ``timer()`` runs ``steps`` steps and returns
+    seconds per step. Each compiled call runs one step, so the time includes
+    a per-call overhead that is the same for every candidate.
+    """
+    if model is None:
+        model = _timing_model(architecture, latent_dim, beta, batch_size, precision)
+    model.shards = shards  # read while tracing the step below
     index = tf.range(batch_size, dtype=tf.int64)
     # No autograph: the step has no tensor-dependent Python control flow, and converting it costs a second.
     step = tf.function(model.train_step, autograph=False)

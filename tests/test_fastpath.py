@@ -382,3 +382,33 @@ def test_a_decoder_without_a_sigmoid_output_has_no_logits_plan():
     assert fastpath.plan_logits(fastpath.plan_decoder(keras.Model(inputs, outputs))) is None
     outputs = keras.layers.Activation("sigmoid")(keras.layers.Dense(784)(inputs))
     assert fastpath.plan_logits(fastpath.plan_decoder(keras.Model(inputs, outputs))) is None
+
+
+def test_a_decision_timed_on_other_training_code_is_timed_again(tmp_path, monkeypatch):
+    cache_file = tmp_path / "fast_path.json"
+    timed = []
+
+    def stand_in_timer(architecture, latent_dim=2, *, precision, shards, model=None, **settings):
+        timed.append((precision, shards, model))
+        return lambda: 0.001 * shards  # one shard always wins
+    monkeypatch.setattr(training, "training_step_timer", stand_in_timer)
+    monkeypatch.setattr(training, "_timing_model", lambda *args: object())
+    first = training.choose_fast_path("arch2", cache_file=cache_file)
+    assert first.source == "measured" and first.shards == 1
+    candidates = fastpath.candidate_paths("auto")
+    assert [(p, n) for p, n, _ in timed] == candidates
+    # one model per precision, shared by its shard counts
+    assert len({id(model) for _, _, model in timed}) == len({p for p, _ in candidates})
+    assert training.choose_fast_path("arch2", cache_file=cache_file).source == "cached"
+    monkeypatch.setattr(training, "step_code_key", lambda: "another-version")
+    assert training.choose_fast_path("arch2", cache_file=cache_file).source == "measured"
+    assert len(json.loads(cache_file.read_text())["entries"]) == 2
+
+
+def test_the_step_code_key_follows_the_code(tmp_path, monkeypatch):
+    key = training.step_code_key()
+    assert len(key) == 16 and key == training.step_code_key()
+    edited = tmp_path / "fastpath.py"
+    edited.write_text(open(fastpath.__file__).read() + "# an edit\n")
+    monkeypatch.setattr(fastpath, "__file__", str(edited))
+    assert training.step_code_key() != key
