@@ -2,6 +2,7 @@
 
     python benchmarks/bench_training.py [--repeats 2] [--anchors ../shared/bench] [--n 62400]
                                         [--precisions auto,float32,mixed_bfloat16] [--noise fixed,fresh]
+                                        [--noise-rounds 20]
 
 Prints one JSON object. Per architecture: seconds per epoch of 62,400 images at
 batch 100 and samples per second (warm-up epoch excluded, best of the
@@ -22,7 +23,9 @@ path: ``auto`` precision and shards (timed and cached as the study does) with
 fresh noise drawn in every step; ``ours_fixed_noise`` trains on one noisy
 copy as the anchors do (the same work).
 
-Each architecture also gets its floating-point operations per image (counted
+Each architecture also gets the fresh noise's share of a step, timed in turn
+with fixed noise in one process (``noise_cost_in_turn``, see :func:`noise_cost`),
+and its floating-point operations per image (counted
 from the layers), the achieved GFLOP/s and the fraction of the CPU's float32
 peak (derived from its vector width, FMA units and clock; see ``peak_gflops``).
 """
@@ -80,6 +83,64 @@ print(json.dumps({{"seconds_per_epoch": sum(times[1:]) / len(times[1:]), "epochs
                   "precision": models.precision_of(model), "device": device, "path_source": path.source,
                   "path_step_ms": path.step_ms, "path_decide_seconds": path.decide_seconds,
                   "final_loss": history.history["loss"][-1]}}))
+"""
+    return _json_from([sys.executable, "-c", code])
+
+
+def noise_cost(arch, rounds=20, steps=48):
+    """The fresh noise's share of a training step, both paths timed in turn in one process.
+
+    Two models on the study's path (``auto``, as :func:`ours`), one trained on
+    a fixed noisy copy and one drawing fresh noise in every step, run blocks
+    of ``steps`` compiled steps alternately for ``rounds`` rounds; the share
+    is 1 - fixed / fresh, the median over rounds (and the quartiles, which
+    show how noisy the machine was). Separate epoch runs (the
+    ``ours`` and ``ours_fixed_noise`` columns) differ by as much from one run
+    to the next on a noisy machine; timed in turn, a slow spell costs both alike.
+    """
+    code = f"""
+import json, sys, time
+sys.path.insert(0, {str(REPO)!r})
+import numpy as np, fastpath, models, training, tensorflow as tf
+rng = np.random.default_rng(0)
+x = (rng.random((2000, 28, 28, 1)) > 0.8).astype("float32")
+noisy = np.clip(x + rng.normal(0, 0.5, x.shape).astype("float32"), 0, 1)
+path = training.choose_fast_path("arch{arch}")
+index = tf.constant(np.random.default_rng(1).permutation(2000)[:100].astype("int64"))
+def prepared(fresh):
+    model = models.build_model("arch{arch}", seed=0, precision=path.precision)
+    model.shards = path.shards
+    model.compile(optimizer=fastpath.FusedAdam(1e-3))
+    model.optimizer.build(model.trainable_variables)
+    if fresh:
+        model.train_noise_std = 0.5
+        model.resident_data = training.ResidentData(x, noise_std=0.5, batch_size=100)
+    else:
+        model.resident_data = training.ResidentData(noisy, x)
+    step = tf.function(model.train_step, autograph=False)
+    @tf.function(autograph=False)
+    def block():
+        for _ in range(8):
+            logs = step(index)
+        return logs["loss"]
+    block()
+    def timed():
+        start = time.perf_counter()
+        for _ in range({steps} // 8):
+            loss = block()
+        float(loss)
+        return (time.perf_counter() - start) / ({steps} // 8 * 8)
+    return timed
+fixed, fresh = prepared(False), prepared(True)
+fixed(), fresh()  # warm-up: the first blocks still settle (memory, oneDNN primitives)
+pairs = [(fixed(), fresh()) for _ in range({rounds})]
+shares = sorted(1 - a / b for a, b in pairs)
+quarter = len(shares) // 4
+print(json.dumps({{"share": round(shares[len(shares) // 2], 4), "shares": [round(v, 4) for v in shares],
+                  "quartiles": [round(shares[quarter], 4), round(shares[-1 - quarter], 4)],
+                  "fixed_step_ms": round(1000 * min(a for a, _ in pairs), 3),
+                  "fresh_step_ms": round(1000 * min(b for _, b in pairs), 3),
+                  "precision": path.precision, "shards": path.shards}}))
 """
     return _json_from([sys.executable, "-c", code])
 
@@ -235,6 +296,8 @@ def main(argv=None):
     parser.add_argument("--noise", type=choices_list(("fixed", "fresh")), default="fresh,fixed",
                         help="noise modes of the package to measure: fixed (one noisy copy, as the anchors), "
                              "fresh (new noise every step)")
+    parser.add_argument("--noise-rounds", type=at_least(1), default=20,
+                        help="rounds of the fixed / fresh noise steps timed in turn (noise_cost_in_turn)")
     parser.add_argument("--skip-load", action="store_true", help="skip the data-load measurements")
     args = parser.parse_args(argv)
     anchors = Path(args.anchors)
@@ -281,6 +344,8 @@ def main(argv=None):
                     entry[f"{prefix}speedup_vs_{name}"] = round(speedup, 2)
                     entry[f"{prefix}loss_difference_vs_{name}"] = round(
                         entry[mine]["final_loss"] - entry[name]["final_loss"], 3)
+        if any(name.startswith("ours") for name in runners):
+            entry["noise_cost_in_turn"] = noise_cost(arch, rounds=args.noise_rounds)
         flops = training_flops_per_image(f"arch{arch}")
         entry["flops"] = {"forward_per_image": flops / 3, "training_per_image": flops}
         for mine in (name for name in runners if name.startswith("ours")):

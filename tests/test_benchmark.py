@@ -18,7 +18,7 @@ def test_benchmark_reports_ours_variants_and_ratios(tmp_path, capsys):
         print(json.dumps({"anchor": "keras", "seconds_per_epoch": 9.0, "final_loss": 390.0}))
     """))
     bench_training.main(["--archs", "3", "--repeats", "1", "--epochs", "2", "--n", "200",
-                         "--anchors", str(tmp_path), "--skip-load"])
+                         "--anchors", str(tmp_path), "--skip-load", "--noise-rounds", "3"])
     report = json.loads(capsys.readouterr().out)
     assert report["n"] == 200 and report["batch_size"] == 100 and "data_load" not in report
     entry = report["architectures"]["arch3"]
@@ -37,6 +37,9 @@ def test_benchmark_reports_ours_variants_and_ratios(tmp_path, capsys):
     assert entry["speedup_vs_keras"] == pytest.approx(9.0 / entry["ours"]["seconds_per_epoch"], rel=0.1)
     assert entry["loss_difference_vs_keras"] == pytest.approx(entry["ours"]["final_loss"] - 390.0, abs=1e-2)
     assert "torch" not in entry  # no torch_anchor.py in that folder
+    cost = entry["noise_cost_in_turn"]
+    assert len(cost["shares"]) == 3 and cost["share"] == cost["shares"][1] and -1 < cost["share"] < 1
+    assert cost["fixed_step_ms"] > 0 and cost["fresh_step_ms"] > 0 and cost["shards"] >= 1
 
 
 def test_failing_runner_is_reported_not_raised(tmp_path, capsys):
