@@ -7,8 +7,8 @@ What it fuses, and how each is proven equal (``tests/test_fastpath.py``):
   upsampling, Shi et al. 2016). Tested against ``conv(UpSampling2D(x))``,
   outputs and gradients, for ``"same"`` and ``"valid"`` padding.
 * **ReLU convolution + max pooling** (the convolutional encoders),
-  :func:`conv_relu_pool`: the ReLU runs after the pooling, on the 4x smaller
-  map (max and ReLU commute). Tested against the two layers with gradients.
+  :func:`conv_relu_pool`: the bias and the ReLU run after the pooling, on the
+  4x smaller map (max commutes with both). Tested against the two layers with gradients.
 * **Output sigmoid + cross-entropy**, :func:`plan_logits` / :func:`run_logits`:
   the decoder is run up to its sigmoid's input, and the loss
   (``models.reconstruction_loss_from_logits``) takes the sigmoid in float32
@@ -129,14 +129,18 @@ def upsample_conv(x, conv, activate=True):
     kernel = tf.reshape(kernel, (rows, rows, channels_in, 4 * channels_out))
     dtype = conv.compute_dtype
     y = tf.nn.conv2d(tf.cast(x, dtype), tf.cast(kernel, dtype), 1, conv.padding.upper())
+    # Bias and activation act per channel and per value, so they go before the
+    # interleaving: channel (a, b, o) takes bias o, hence the bias tiled 4x. A
+    # bias_add (not an add) lets TensorFlow fuse it into the convolution.
+    if conv.use_bias:
+        y = tf.nn.bias_add(y, tf.tile(tf.cast(tf.convert_to_tensor(conv.bias), dtype), [4]))
+    if activate:
+        y = conv.activation(y)
     # Channel (a * 2 + b) * C_out + o goes to pixel (2i + a, 2j + b), as depth_to_space
     # does; a reshape and transpose is faster here, its gradient most of all.
     shape = tf.shape(y)
     y = tf.reshape(y, (shape[0], shape[1], shape[2], 2, 2, channels_out))
-    y = tf.reshape(tf.transpose(y, (0, 1, 3, 2, 4, 5)), (shape[0], 2 * shape[1], 2 * shape[2], channels_out))
-    if conv.use_bias:
-        y = y + tf.cast(tf.convert_to_tensor(conv.bias), dtype)
-    return conv.activation(y) if activate else y
+    return tf.reshape(tf.transpose(y, (0, 1, 3, 2, 4, 5)), (shape[0], 2 * shape[1], 2 * shape[2], channels_out))
 
 
 def _is_conv_relu_pool(conv, pooling):
@@ -146,11 +150,12 @@ def _is_conv_relu_pool(conv, pooling):
 
 
 def conv_relu_pool(x, conv, pooling):
-    """``pooling(conv(x))`` for a ReLU convolution and max pooling, the ReLU applied after the pooling.
+    """``pooling(conv(x))`` for a ReLU convolution and max pooling, the bias and ReLU applied after the pooling.
 
-    Max pooling and ReLU commute (ReLU is non-decreasing, and padded cells
-    never win a max), so outputs and gradients are the same while the ReLU
-    and its gradient run on the 4x smaller pooled map.
+    Max pooling commutes with adding a per-channel bias and with ReLU (both
+    non-decreasing, and rounding is too; padded cells never win a max), so
+    outputs and gradients are the same while the bias, the ReLU and their
+    gradients run on the 4x smaller pooled map.
 
     Args:
         x: (B, H, W, C_in) tensor.
@@ -161,10 +166,10 @@ def conv_relu_pool(x, conv, pooling):
         the pooled map, in ``conv``'s compute dtype.
     """
     dtype = conv.compute_dtype
-    y = conv.convolution_op(tf.cast(x, dtype), tf.cast(tf.convert_to_tensor(conv.kernel), dtype))
+    y = pooling(conv.convolution_op(tf.cast(x, dtype), tf.cast(tf.convert_to_tensor(conv.kernel), dtype)))
     if conv.use_bias:
         y = y + tf.cast(tf.convert_to_tensor(conv.bias), dtype)
-    return tf.nn.relu(pooling(y))
+    return tf.nn.relu(y)
 
 
 def _layer_chain(output, start):

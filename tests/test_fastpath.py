@@ -89,6 +89,7 @@ def test_conv_relu_pool_equals_the_layers_with_gradients():
     pooling = keras.layers.MaxPooling2D(2, padding="same")
     x = tf.constant(rng.normal(size=(4, 7, 7, 3)).astype(np.float32))  # odd size: a padded pool
     conv.build((None, 7, 7, 3))
+    conv.bias.assign(rng.normal(size=(6,)).astype(np.float32))  # added after the pooling: not zero here
     results = []
     for compute in (lambda: pooling(conv(x)), lambda: fastpath.conv_relu_pool(x, conv, pooling)):
         with tf.GradientTape() as tape:
