@@ -114,7 +114,6 @@ def upsample_conv(x, conv, activate=True):
     Args:
         x: (B, H, W, C_in) tensor.
         conv: a built 3x3, stride-1 ``Conv2D`` with ``"same"`` or ``"valid"`` padding.
-
         activate: apply ``conv``'s activation (false: the pre-activation values).
 
     Returns:

@@ -472,7 +472,16 @@ def choose_fast_path(architecture, latent_dim=2, *, beta=1.0, batch_size=100, pr
                                    precision=candidate_precision, shards=candidate_shards,
                                    model=built[candidate_precision])
 
-    return fastpath.choose_path(model_key, prepare_timer, precision=precision, shards=shards, cache_file=cache_file)
+    # Each candidate traces a step of its own on purpose; TensorFlow's logger
+    # would call that "excessive retracing" from the fifth on.
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        return fastpath.choose_path(model_key, prepare_timer, precision=precision, shards=shards,
+                                    cache_file=cache_file)
+    finally:
+        logger.setLevel(level)
 
 
 def step_code_key():
