@@ -21,7 +21,7 @@ from keras import ops
 
 import fastpath
 from data_prepro import as_model_input, check_images, check_pair, check_positive_int
-from models import PIXELS, as_float32, kl_divergence, pixel_accuracy, reconstruction_loss
+from models import PIXELS, PROBABILITY_CLIP, as_float32, kl_divergence, pixel_accuracy, reconstruction_loss
 
 
 # One compiled function per model and part, made on first use: Keras' predict
@@ -199,7 +199,7 @@ def _iw_step(model):
         log_prior = -0.5 * ops.sum(ops.square(z) + log_two_pi, axis=-1)
         log_posterior = -0.5 * ops.sum(ops.square(epsilon) + log_two_pi + z_log_var[None], axis=-1)
         decoded = model.decode(ops.reshape(z, (-1, model.latent_dim)), training=False)
-        predicted = ops.clip(ops.reshape(decoded, (samples, batch, PIXELS)), 1e-7, 1 - 1e-7)
+        predicted = ops.clip(ops.reshape(decoded, (samples, batch, PIXELS)), PROBABILITY_CLIP, 1 - PROBABILITY_CLIP)
         target = ops.reshape(clean, (1, batch, PIXELS))
         log_likelihood = ops.sum(target * ops.log(predicted) + (1 - target) * ops.log(1 - predicted), axis=-1)
         return ops.logsumexp(log_likelihood + log_prior - log_posterior, axis=0)

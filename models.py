@@ -31,6 +31,7 @@ ARCHITECTURES = ("arch1", "arch2", "arch3", "ae")
 PIXELS = IMAGE_SIZE * IMAGE_SIZE
 INPUT_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
 METRIC_NAMES = ("loss", "reconstruction", "kl", "accuracy")
+PROBABILITY_CLIP = 1e-7  # probabilities are clipped to [1e-7, 1 - 1e-7] before the logarithms, as Keras does
 
 
 # --------------------------------------------------------------------------
@@ -123,7 +124,8 @@ def reconstruction_loss(clean, predicted):
 
     Probabilities are clipped to [1e-7, 1 - 1e-7] as Keras does.
     """
-    predicted = ops.clip(ops.cast(ops.reshape(predicted, (-1, PIXELS)), "float32"), 1e-7, 1 - 1e-7)
+    predicted = ops.clip(ops.cast(ops.reshape(predicted, (-1, PIXELS)), "float32"), PROBABILITY_CLIP,
+                         1 - PROBABILITY_CLIP)
     clean = ops.cast(ops.reshape(clean, (-1, PIXELS)), "float32")
     return -ops.sum(clean * ops.log(predicted) + (1 - clean) * ops.log(1 - predicted), axis=1)
 
@@ -147,17 +149,14 @@ def reconstruction_loss_from_logits(clean, logits):
 
 @tf.custom_gradient
 def _clipped_cross_entropy(clean, logits, probabilities):
-    """The loss of :func:`reconstruction_loss` on ``probabilities`` = sigmoid(``logits``),
+    """:func:`reconstruction_loss` of ``probabilities`` = sigmoid(``logits``), (B, 784) each,
     with its gradient with respect to ``logits`` written out (none to the others)."""
-    clipped = ops.clip(probabilities, 1e-7, 1 - 1e-7)
-    loss = -ops.sum(clean * ops.log(clipped) + (1 - clean) * ops.log(1 - clipped), axis=1)
-
     def gradient(upstream):
-        # clip_by_value passes the gradient where the value is inside [low, high], as here.
-        passed = tf.where(tf.equal(clipped, probabilities), probabilities - clean, 0.0)
-        return None, passed * upstream[:, None], None
+        # The clip passes the gradient where the value is inside [low, high] (clip_by_value's gradient).
+        inside = (probabilities >= PROBABILITY_CLIP) & (probabilities <= 1 - PROBABILITY_CLIP)
+        return None, tf.where(inside, probabilities - clean, 0.0) * upstream[:, None], None
 
-    return loss, gradient
+    return reconstruction_loss(clean, probabilities), gradient
 
 
 def kl_divergence(z_mean, z_log_var):

@@ -30,6 +30,7 @@ import tensorflow as tf
 
 import atomic_files
 import fastpath
+import models
 from data_prepro import (IMAGE_SIZE, as_model_input, check_images, check_noise_std, check_positive_int,
                          noise_addition)
 from fastpath import FusedAdam
@@ -488,7 +489,7 @@ def step_code_key():
     """A digest of the code a training step runs (``fastpath``, ``models`` and this
     module): a timing of one version says nothing about another."""
     digest = hashlib.sha256()
-    for module in (fastpath, sys.modules[DenoisingVAE.__module__], sys.modules[__name__]):
+    for module in (fastpath, models, sys.modules[__name__]):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()[:16]
 

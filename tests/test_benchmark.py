@@ -54,6 +54,7 @@ def test_failing_runner_is_reported_not_raised(tmp_path, capsys):
     (["--epochs", "1"], "--epochs: expected an integer >= 2; received '1'"),
     (["--repeats", "x"], "--repeats: expected an integer >= 1; received 'x'"),
     (["--n", "50"], "--n: expected an integer >= 100; received '50'"),
+    (["--noise-rounds", "0"], "--noise-rounds: expected an integer >= 1; received '0'"),
 ])
 def test_bad_flags_are_refused_with_one_line(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
