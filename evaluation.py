@@ -7,7 +7,9 @@
 * :func:`encode_mean`, :func:`reconstruct`, :func:`decode`: numpy in, numpy out.
 * :func:`psnr` of numpy arrays.
 
-Metrics are computed in float32 whatever precision the model trained in.
+Metrics are computed in float32 whatever precision the model trained in;
+only the likelihood estimate's decodes run in the model's own precision
+(``evaluate``'s ``iw_precision``).
 Nothing here trains, plots or writes files.
 """
 from __future__ import annotations
@@ -21,7 +23,8 @@ from keras import ops
 
 import fastpath
 from data_prepro import as_model_input, check_images, check_pair, check_positive_int
-from models import PIXELS, PROBABILITY_CLIP, as_float32, kl_divergence, pixel_accuracy, reconstruction_loss
+from models import (PIXELS, PROBABILITY_CLIP, as_float32, build_model, kl_divergence, pixel_accuracy, precision_of,
+                    reconstruction_loss)
 
 
 # One compiled function per model and part, made on first use: Keras' predict
@@ -68,7 +71,7 @@ def decode(model, z, batch_size=1000):
     return _apply(model, "decoder", z, check_positive_int("batch_size", batch_size))
 
 
-def evaluate(model, x_noisy, x_clean, *, batch_size=500, seed=0, iw_samples=None):
+def evaluate(model, x_noisy, x_clean, *, batch_size=500, seed=0, iw_samples=None, iw_precision=None):
     """Test metrics of a model on (noisy, clean) pairs, computed in batches.
 
     ``loss``, ``reconstruction`` and ``kl`` (nats per image) and ``accuracy``
@@ -77,7 +80,8 @@ def evaluate(model, x_noisy, x_clean, *, batch_size=500, seed=0, iw_samples=None
     compare the noisy input and the deterministic reconstruction
     decoder(encoder mean) that the figures show.
 
-    Computed in float32 even for a model trained in mixed precision.
+    Computed in float32 even for a model trained in mixed precision, but for
+    the K decodes of the likelihood estimate (``iw_precision``).
 
     For VAEs, ``log_likelihood`` estimates log p(x_clean) in nats with K
     importance samples from q(z | x_noisy) (Burda et al. 2016, eq. 8):
@@ -90,20 +94,31 @@ def evaluate(model, x_noisy, x_clean, *, batch_size=500, seed=0, iw_samples=None
         batch_size: images per batch (bounds memory).
         seed: seed of the sampled z.
         iw_samples: K; default :func:`default_iw_samples` for the model.
+        iw_precision: the precision of the likelihood estimate's decodes:
+            ``"float32"`` or ``"mixed_bfloat16"``; ``None``: the model's own,
+            the one its training chose by measuring. In mixed bfloat16 the
+            decoder stops at its logits and the likelihood is taken from them
+            in float32. On the study's trained arch3 the estimate moved by
+            0.011 nats, about its spread over sampling seeds, and the whole
+            evaluation took 1.45x less time on a CPU with AMX (README, Speed).
 
     Returns:
         dict of floats; ``iw_samples`` says which K was used.
     """
     x_noisy, x_clean = check_pair(x_noisy, x_clean)
     batch_size = check_positive_int("batch_size", batch_size)
-    model = as_float32(model)  # metrics in full precision whatever the training precision
+    if iw_precision not in IW_PRECISIONS:
+        raise ValueError(f"Expected iw_precision to be one of {IW_PRECISIONS}. Received: iw_precision={iw_precision!r}")
+    given, model = model, as_float32(model)  # metrics in full precision whatever the training precision
     variational = model.variational
     if iw_samples is None:
         iw_samples = default_iw_samples(model)
     if variational:
         iw_samples = check_positive_int("iw_samples", iw_samples)
     rng = np.random.default_rng(seed)
-    step, iw_step = _evaluation_step(model), _iw_step(model)
+    step = _evaluation_step(model)
+    if variational:
+        iw_step = _iw_step(model, _likelihood_decoder(given, model, iw_precision))
     sums = {"log_likelihood": 0.0} if variational else {}
     for start in range(0, len(x_clean), batch_size):
         noisy = x_noisy[start:start + batch_size]
@@ -128,6 +143,23 @@ def evaluate(model, x_noisy, x_clean, *, batch_size=500, seed=0, iw_samples=None
     order = ("loss", "reconstruction", "kl", "accuracy", "psnr_noisy", "psnr_reconstructed",
              "ssim_noisy", "ssim_reconstructed", "log_likelihood", "iw_samples")
     return {name: results[name] for name in order if name in results}
+
+
+IW_PRECISIONS = (None, "float32", "mixed_bfloat16")
+
+
+def _likelihood_decoder(given, float32_model, precision):
+    """The model whose decoder the likelihood estimate runs (see :func:`evaluate`'s ``iw_precision``)."""
+    precision = precision_of(given) if precision is None else precision
+    if precision == "float32":
+        return float32_model
+    if precision_of(given) == precision:
+        twin = given
+    else:
+        twin = build_model(given.architecture, given.latent_dim, beta=given.beta, precision=precision)
+        twin.set_weights(given.get_weights())
+    # Without logits the likelihood would come from bfloat16 probabilities: off by tenths of a nat.
+    return twin if twin.has_logits else float32_model
 
 
 def default_iw_samples(model):
@@ -180,14 +212,19 @@ def _evaluation_step(model):
     return step
 
 
-def _iw_step(model):
+def _iw_step(model, decoder=None):
     """A compiled function: (z_mean, z_log_var, clean, epsilon (K, B, D)) -> (B,)
     log sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k = mean + std * epsilon[k]
     (Burda et al. 2016, eq. 8, before dividing by K).
 
+    ``decoder``: the float32 ``model`` itself (``None``), or a twin computing
+    in lower precision that decodes to logits; the Bernoulli likelihood of
+    those is taken in float32 (:func:`log_bernoulli_from_logits`).
+
     Decoding the K x B samples is most of an evaluation's time; the images run
     as ``fastpath.default_shards()`` independent slices, one per core.
     """
+    decoder = model if decoder is None else decoder
     shards = fastpath.default_shards()
     log_two_pi = math.log(2 * math.pi)
 
@@ -198,10 +235,16 @@ def _iw_step(model):
         # Gaussian log densities summed over latent dimensions: (K, B).
         log_prior = -0.5 * ops.sum(ops.square(z) + log_two_pi, axis=-1)
         log_posterior = -0.5 * ops.sum(ops.square(epsilon) + log_two_pi + z_log_var[None], axis=-1)
-        decoded = model.decode(ops.reshape(z, (-1, model.latent_dim)), training=False)
-        predicted = ops.clip(ops.reshape(decoded, (samples, batch, PIXELS)), PROBABILITY_CLIP, 1 - PROBABILITY_CLIP)
+        flat_z = ops.reshape(z, (-1, model.latent_dim))
         target = ops.reshape(clean, (1, batch, PIXELS))
-        log_likelihood = ops.sum(target * ops.log(predicted) + (1 - target) * ops.log(1 - predicted), axis=-1)
+        if decoder is model:
+            decoded = model.decode(flat_z, training=False)
+            predicted = ops.clip(ops.reshape(decoded, (samples, batch, PIXELS)), PROBABILITY_CLIP,
+                                 1 - PROBABILITY_CLIP)
+            log_likelihood = ops.sum(target * ops.log(predicted) + (1 - target) * ops.log(1 - predicted), axis=-1)
+        else:
+            logits = ops.reshape(decoder.decode_logits(flat_z, training=False), (samples, batch, PIXELS))
+            log_likelihood = log_bernoulli_from_logits(target, logits)
         return ops.logsumexp(log_likelihood + log_prior - log_posterior, axis=0)
 
     @tf.function(reduce_retracing=True)
@@ -211,6 +254,22 @@ def _iw_step(model):
                                 for low, high in _shards(ops.shape(z_mean)[0], shards)], 0)
 
     return step
+
+
+# Clipping p = sigmoid(l) to [c, 1 - c] is clipping l to [-LOGIT_CLIP, LOGIT_CLIP] (the sigmoid is monotone).
+LOGIT_CLIP = math.log((1 - PROBABILITY_CLIP) / PROBABILITY_CLIP)
+
+
+def log_bernoulli_from_logits(target, logits):
+    """sum over the last axis of x log p + (1 - x) log(1 - p), p = sigmoid(logits) clipped
+    as :func:`models.reconstruction_loss` clips it; tensors of one shape (..., P) -> (...).
+
+    Written as x l - softplus(l): log sigmoid(l) = l - softplus(l) and
+    log(1 - sigmoid(l)) = -softplus(l). One transcendental per pixel instead of
+    a sigmoid and two logarithms, and no loss of precision where p is near 0 or 1.
+    """
+    logits = ops.clip(ops.cast(logits, "float32"), -LOGIT_CLIP, LOGIT_CLIP)
+    return ops.sum(target * logits - ops.softplus(logits), axis=-1)
 
 
 def psnr(clean, other):

@@ -262,6 +262,20 @@ class DenoisingVAE(keras.Model):
             return self.decoder(z, training=training)
         return fastpath.run_steps(self._decoder_steps, z, training)
 
+    @property
+    def has_logits(self):
+        """Whether :meth:`decode_logits` can stop the decoder before its sigmoid: the model
+        runs fused and its decoder ends in a sigmoid."""
+        return self.fused and self._decoder_logits is not None
+
+    def decode_logits(self, z, training=False):
+        """The decoder's output before its sigmoid, (B, latent_dim) -> (B, 28, 28, 1)
+        in the compute dtype: ``sigmoid(decode_logits(z))`` is ``decode(z)``.
+        ``None`` where :attr:`has_logits` is false."""
+        if not self.has_logits:
+            return None
+        return fastpath.run_logits(self._decoder_logits, z, training)
+
     def call(self, inputs, training=False):
         """Reconstruction through a sampled z (VAE) or the code (AE): (B, 28, 28, 1)."""
         return self.decode(self.encode(inputs, training=training)[2], training=training)
@@ -279,8 +293,8 @@ class DenoisingVAE(keras.Model):
             z = z_mean + ops.exp(0.5 * z_log_var) * ops.cast(epsilon, z_mean.dtype)
         else:
             z_mean = z = self.moments(noisy, training=training)
-        if self.fused and self._decoder_logits is not None:
-            logits = fastpath.run_logits(self._decoder_logits, z, training)
+        logits = self.decode_logits(z, training=training)
+        if logits is not None:
             reconstruction, predicted = reconstruction_loss_from_logits(clean, logits)
         else:
             predicted = self.decode(z, training=training)

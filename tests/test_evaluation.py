@@ -46,6 +46,42 @@ def test_evaluate_matches_numpy(letters):
     assert got["log_likelihood"] >= -got["loss"] - 5
 
 
+def test_the_likelihood_from_logits_is_the_clipped_bernoulli_likelihood():
+    rng = np.random.default_rng(4)
+    logits = np.concatenate([rng.normal(0, 4, (3, 784)), np.full((1, 784), 40.0), np.full((1, 784), -40.0)])
+    target = rng.random((5, 784)).astype(np.float32)
+    got = np.asarray(evaluation.log_bernoulli_from_logits(target, logits.astype(np.float32)))
+    clip = models.PROBABILITY_CLIP
+    p = np.clip(1 / (1 + np.exp(-logits)), clip, 1 - clip)  # float64: the exact value of the clipped formula
+    expected = (target * np.log(p) + (1 - target) * np.log(1 - p)).sum(1)
+    np.testing.assert_allclose(got, expected, rtol=2e-6)
+
+
+def test_a_mixed_bfloat16_model_decodes_its_likelihood_samples_in_bfloat16(letters):
+    _, x_val = letters
+    clean = x_val[:50]
+    noisy = data_prepro.noise_addition(clean, 0.5, seed=0)
+    model = models.build_model("arch3", seed=2, precision="mixed_bfloat16")
+    twin = models.as_float32(model)
+    own = evaluation.evaluate(model, noisy, clean, batch_size=50, seed=1, iw_samples=8)
+    full = evaluation.evaluate(model, noisy, clean, batch_size=50, seed=1, iw_samples=8, iw_precision="float32")
+    assert full == evaluation.evaluate(twin, noisy, clean, batch_size=50, seed=1, iw_samples=8)
+    assert {k: v for k, v in own.items() if k != "log_likelihood"} == {
+        k: v for k, v in full.items() if k != "log_likelihood"}
+    assert own["log_likelihood"] != full["log_likelihood"]  # the bfloat16 decodes ran
+    assert own["log_likelihood"] == pytest.approx(full["log_likelihood"], abs=0.02)
+    # A float32 model asked for bfloat16 decodes gets them from a bfloat16 twin.
+    asked = evaluation.evaluate(twin, noisy, clean, batch_size=50, seed=1, iw_samples=8, iw_precision="mixed_bfloat16")
+    assert asked["log_likelihood"] == own["log_likelihood"]
+
+
+def test_a_bad_likelihood_precision(letters):
+    _, x_val = letters
+    with pytest.raises(ValueError, match=r"^Expected iw_precision to be one of \(None, 'float32', 'mixed_bfloat16'\)\. "
+                                         r"Received: iw_precision='auto'$"):
+        evaluation.evaluate(models.build_model("ae"), x_val[:10], x_val[:10], iw_precision="auto")
+
+
 def test_evaluate_is_deterministic_and_batch_independent(letters):
     _, x_val = letters
     noisy = data_prepro.noise_addition(x_val, 0.5, seed=0)
@@ -105,7 +141,7 @@ def test_mixed_bfloat16_model_counts_saves_and_evaluates_in_float32(tmp_path, le
     twin = models.as_float32(model)
     assert models.precision_of(twin) == "float32" and models.as_float32(twin) is twin
     noisy = data_prepro.noise_addition(x_val, 0.5, seed=0)
-    assert evaluation.evaluate(model, noisy, x_val) == evaluation.evaluate(twin, noisy, x_val)
+    assert evaluation.evaluate(model, noisy, x_val, iw_precision="float32") == evaluation.evaluate(twin, noisy, x_val)
     # Building it left the global policy alone.
     assert keras.config.dtype_policy().name == "float32"
 

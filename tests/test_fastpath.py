@@ -375,6 +375,9 @@ def test_the_decoders_logits_are_the_sigmoids_input(name, last):
     logits = fastpath.run_logits(model._decoder_logits, z)
     assert tuple(logits.shape) == (5, 28, 28, 1)
     np.testing.assert_allclose(np.asarray(tf.sigmoid(logits)), np.asarray(model.decoder(z)), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(model.decode_logits(z)), np.asarray(logits))
+    model.fused = False
+    assert model.decode_logits(z) is None
 
 
 def test_a_decoder_without_a_sigmoid_output_has_no_logits_plan():
