@@ -17,11 +17,11 @@ def test_benchmark_reports_ours_variants_and_ratios(tmp_path, capsys):
         import json
         print(json.dumps({"anchor": "keras", "seconds_per_epoch": 9.0, "final_loss": 390.0}))
     """))
-    bench_training.main(["--archs", "3", "--repeats", "1", "--epochs", "2", "--n", "200",
+    bench_training.main(["--archs", "2", "--repeats", "1", "--epochs", "2", "--n", "200",
                          "--anchors", str(tmp_path), "--skip-load", "--noise-rounds", "3"])
     report = json.loads(capsys.readouterr().out)
     assert report["n"] == 200 and report["batch_size"] == 100 and "data_load" not in report
-    entry = report["architectures"]["arch3"]
+    entry = report["architectures"]["arch2"]
     assert set(entry) >= {"ours", "ours_fixed_noise", "keras", "speedup_vs_keras", "loss_difference_vs_keras",
                           "ours_fixed_noise_speedup_vs_keras", "flops"}
     assert report["cpu"] and "FMA" in report["peak"]["derivation"]
