@@ -98,9 +98,10 @@ def evaluate(model, x_noisy, x_clean, *, batch_size=500, seed=0, iw_samples=None
             ``"float32"`` or ``"mixed_bfloat16"``; ``None``: the one the
             model computes in (``--precision auto`` chooses it by measuring).
             In mixed bfloat16 the decoder stops at its logits and the
-            likelihood is taken from them in float32. On the study's trained arch3 the estimate moved by
-            0.011 nats, about its spread over sampling seeds, and the whole
-            evaluation took 1.45x less time on a CPU with AMX (README, Speed).
+            likelihood is taken from them in float32. For a trained arch3
+            the estimate moved by 0.011 nats, about its spread over sampling
+            seeds, and the whole evaluation took 1.45x less time on a CPU
+            with AMX (README, Speed).
 
     Returns:
         dict of floats; ``iw_samples`` says which K was used.
