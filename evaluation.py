@@ -23,8 +23,8 @@ from keras import ops
 
 import fastpath
 from data_prepro import as_model_input, check_images, check_pair, check_positive_int
-from models import (PIXELS, PROBABILITY_CLIP, as_float32, build_model, kl_divergence, pixel_accuracy, precision_of,
-                    reconstruction_loss)
+from models import (PIXELS, as_float32, bernoulli_log_likelihood, build_model, kl_divergence, pixel_accuracy,
+                    precision_of, reconstruction_loss)
 
 
 # One compiled function per model and part, made on first use: Keras' predict
@@ -219,8 +219,8 @@ def _iw_step(model, decoder=None):
     (Burda et al. 2016, eq. 8, before dividing by K).
 
     ``decoder``: the float32 ``model`` itself (``None``), or a twin computing
-    in lower precision that decodes to logits; the Bernoulli likelihood of
-    those is taken in float32 (:func:`log_bernoulli_from_logits`).
+    in lower precision that decodes to logits; their sigmoid and the
+    Bernoulli likelihood are then taken in float32.
 
     Decoding the K x B samples is most of an evaluation's time; the images run
     as ``fastpath.default_shards()`` independent slices, one per core.
@@ -239,13 +239,12 @@ def _iw_step(model, decoder=None):
         flat_z = ops.reshape(z, (-1, model.latent_dim))
         target = ops.reshape(clean, (1, batch, PIXELS))
         if decoder is model:
-            decoded = model.decode(flat_z, training=False)
-            predicted = ops.clip(ops.reshape(decoded, (samples, batch, PIXELS)), PROBABILITY_CLIP,
-                                 1 - PROBABILITY_CLIP)
-            log_likelihood = ops.sum(target * ops.log(predicted) + (1 - target) * ops.log(1 - predicted), axis=-1)
+            predicted = model.decode(flat_z, training=False)
         else:
-            logits = ops.reshape(decoder.decode_logits(flat_z, training=False), (samples, batch, PIXELS))
-            log_likelihood = log_bernoulli_from_logits(target, logits)
+            # The sigmoid in float32: a bfloat16 probability near 0 or 1 keeps two or
+            # three significant digits, and the logarithms would magnify that.
+            predicted = ops.sigmoid(ops.cast(decoder.decode_logits(flat_z, training=False), "float32"))
+        log_likelihood = bernoulli_log_likelihood(target, ops.reshape(predicted, (samples, batch, PIXELS)))
         return ops.logsumexp(log_likelihood + log_prior - log_posterior, axis=0)
 
     @tf.function(reduce_retracing=True)
@@ -255,24 +254,6 @@ def _iw_step(model, decoder=None):
                                 for low, high in _shards(ops.shape(z_mean)[0], shards)], 0)
 
     return step
-
-
-# Clipping p = sigmoid(l) to [c, 1 - c] is clipping l to [-LOGIT_CLIP, LOGIT_CLIP] (the sigmoid is monotone).
-LOGIT_CLIP = math.log((1 - PROBABILITY_CLIP) / PROBABILITY_CLIP)
-
-
-def log_bernoulli_from_logits(target, logits):
-    """sum over the last axis of x log p + (1 - x) log(1 - p), p = sigmoid(logits) clipped
-    as :func:`models.reconstruction_loss` clips it; tensors of one shape (..., P) -> (...).
-
-    Written as x l - softplus(l): log sigmoid(l) = l - softplus(l) and
-    log(1 - sigmoid(l)) = -softplus(l). For decodes in bfloat16: a bfloat16
-    probability near 0 or 1 keeps two or three significant digits, and the
-    logarithms magnify that; the logits, taken in float32 here, do not.
-    (For float32 decodes it was no faster than the sigmoid and two logarithms.)
-    """
-    logits = ops.clip(ops.cast(logits, "float32"), -LOGIT_CLIP, LOGIT_CLIP)
-    return ops.sum(target * logits - ops.softplus(logits), axis=-1)
 
 
 def psnr(clean, other):

@@ -124,10 +124,17 @@ def reconstruction_loss(clean, predicted):
 
     Probabilities are clipped to [1e-7, 1 - 1e-7] as Keras does.
     """
-    predicted = ops.clip(ops.cast(ops.reshape(predicted, (-1, PIXELS)), "float32"), PROBABILITY_CLIP,
-                         1 - PROBABILITY_CLIP)
+    predicted = ops.cast(ops.reshape(predicted, (-1, PIXELS)), "float32")
     clean = ops.cast(ops.reshape(clean, (-1, PIXELS)), "float32")
-    return -ops.sum(clean * ops.log(predicted) + (1 - clean) * ops.log(1 - predicted), axis=1)
+    return -bernoulli_log_likelihood(clean, predicted)
+
+
+def bernoulli_log_likelihood(clean, predicted):
+    """sum over the last axis of x log p + (1 - x) log(1 - p), p = ``predicted`` clipped to
+    [1e-7, 1 - 1e-7]: float32 tensors (..., P) that broadcast -> (...) nats. The negative
+    of :func:`reconstruction_loss`, for shapes like the likelihood estimate's (K, B, P)."""
+    predicted = ops.clip(predicted, PROBABILITY_CLIP, 1 - PROBABILITY_CLIP)
+    return ops.sum(clean * ops.log(predicted) + (1 - clean) * ops.log(1 - predicted), axis=-1)
 
 
 def reconstruction_loss_from_logits(clean, logits):

@@ -73,6 +73,18 @@ def test_loss_terms_match_numpy():
     assert float(np.max(np.abs(models.kl_divergence(np.zeros((2, 2)), np.zeros((2, 2)))))) == 0.0
 
 
+def test_the_bernoulli_log_likelihood_broadcasts_samples_over_one_clean_batch():
+    rng = np.random.default_rng(1)
+    clean = rng.random((1, 4, 784)).astype(np.float32)
+    predicted = np.concatenate([rng.random((3, 4, 784)), np.zeros((1, 4, 784)), np.ones((1, 4, 784))]).astype(np.float32)
+    got = np.asarray(models.bernoulli_log_likelihood(clean, predicted))
+    assert got.shape == (5, 4)
+    for k in range(5):  # each sample: the negative reconstruction loss, clipped at 0 and 1 too
+        np.testing.assert_array_equal(got[k], -np.asarray(models.reconstruction_loss(clean[0], predicted[k])))
+    np.testing.assert_allclose(got[:3], -numpy_reconstruction(np.broadcast_to(clean, (3, 4, 784)).reshape(12, 784),
+                                                              predicted[:3].reshape(12, 784)).reshape(3, 4), rtol=1e-5)
+
+
 def test_sampling_config_round_trip():
     layer = models.Sampling(seed=3, name="sampling")
     config = layer.get_config()
