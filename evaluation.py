@@ -23,8 +23,8 @@ from keras import ops
 
 import fastpath
 from data_prepro import as_model_input, check_images, check_pair, check_positive_int
-from models import (PIXELS, as_float32, bernoulli_log_likelihood, build_model, kl_divergence, pixel_accuracy,
-                    precision_of, reconstruction_loss)
+from models import (PIXELS, as_float32, bernoulli_log_likelihood, kl_divergence, pixel_accuracy, precision_of,
+                    reconstruction_loss, with_precision)
 
 
 # One compiled function per model and part, made on first use: Keras' predict
@@ -110,7 +110,8 @@ def evaluate(model, x_noisy, x_clean, *, batch_size=500, seed=0, iw_samples=None
     batch_size = check_positive_int("batch_size", batch_size)
     if iw_precision not in IW_PRECISIONS:
         raise ValueError(f"Expected iw_precision to be one of {IW_PRECISIONS}. Received: iw_precision={iw_precision!r}")
-    given, model = model, as_float32(model)  # metrics in full precision whatever the training precision
+    logits_model = _likelihood_logits_model(model, iw_precision)
+    model = as_float32(model)  # metrics in full precision whatever the training precision
     variational = model.variational
     if iw_samples is None:
         iw_samples = default_iw_samples(model)
@@ -119,7 +120,7 @@ def evaluate(model, x_noisy, x_clean, *, batch_size=500, seed=0, iw_samples=None
     rng = np.random.default_rng(seed)
     step = _evaluation_step(model)
     if variational:
-        iw_step = _iw_step(model, _likelihood_decoder(given, model, iw_precision))
+        iw_step = _iw_step(model, logits_model)
     sums = {"log_likelihood": 0.0} if variational else {}
     for start in range(0, len(x_clean), batch_size):
         noisy = x_noisy[start:start + batch_size]
@@ -149,18 +150,15 @@ def evaluate(model, x_noisy, x_clean, *, batch_size=500, seed=0, iw_samples=None
 IW_PRECISIONS = (None, "float32", "mixed_bfloat16")
 
 
-def _likelihood_decoder(given, float32_model, precision):
-    """The model whose decoder the likelihood estimate runs (see :func:`evaluate`'s ``iw_precision``)."""
-    precision = precision_of(given) if precision is None else precision
-    if precision == "float32":
-        return float32_model
-    if precision_of(given) == precision:
-        twin = given
-    else:
-        twin = build_model(given.architecture, given.latent_dim, beta=given.beta, precision=precision)
-        twin.set_weights(given.get_weights())
+def _likelihood_logits_model(model, precision):
+    """The lower-precision model whose logits the likelihood estimate decodes, or ``None`` for
+    float32 decodes (see :func:`evaluate`'s ``iw_precision``)."""
+    precision = precision_of(model) if precision is None else precision
+    if precision == "float32" or not model.variational:
+        return None
+    twin = with_precision(model, precision)
     # Without logits the likelihood would come from bfloat16 probabilities: off by tenths of a nat.
-    return twin if twin.has_logits else float32_model
+    return twin if twin.has_logits else None
 
 
 def default_iw_samples(model):
@@ -213,19 +211,18 @@ def _evaluation_step(model):
     return step
 
 
-def _iw_step(model, decoder=None):
+def _iw_step(model, logits_model=None):
     """A compiled function: (z_mean, z_log_var, clean, epsilon (K, B, D)) -> (B,)
     log sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k = mean + std * epsilon[k]
     (Burda et al. 2016, eq. 8, before dividing by K).
 
-    ``decoder``: the float32 ``model`` itself (``None``), or a twin computing
-    in lower precision that decodes to logits; their sigmoid and the
-    Bernoulli likelihood are then taken in float32.
+    ``logits_model``: ``None`` to decode with the float32 ``model``, or a twin
+    computing in lower precision whose decoder stops at its logits; their
+    sigmoid and the Bernoulli likelihood are then taken in float32.
 
     Decoding the K x B samples is most of an evaluation's time; the images run
     as ``fastpath.default_shards()`` independent slices, one per core.
     """
-    decoder = model if decoder is None else decoder
     shards = fastpath.default_shards()
     log_two_pi = math.log(2 * math.pi)
 
@@ -238,12 +235,12 @@ def _iw_step(model, decoder=None):
         log_posterior = -0.5 * ops.sum(ops.square(epsilon) + log_two_pi + z_log_var[None], axis=-1)
         flat_z = ops.reshape(z, (-1, model.latent_dim))
         target = ops.reshape(clean, (1, batch, PIXELS))
-        if decoder is model:
+        if logits_model is None:
             predicted = model.decode(flat_z, training=False)
         else:
             # The sigmoid in float32: a bfloat16 probability near 0 or 1 keeps two or
             # three significant digits, and the logarithms would magnify that.
-            predicted = ops.sigmoid(ops.cast(decoder.decode_logits(flat_z, training=False), "float32"))
+            predicted = ops.sigmoid(ops.cast(logits_model.decode_logits(flat_z, training=False), "float32"))
         log_likelihood = bernoulli_log_likelihood(target, ops.reshape(predicted, (samples, batch, PIXELS)))
         return ops.logsumexp(log_likelihood + log_prior - log_posterior, axis=0)
 

@@ -423,13 +423,18 @@ def precision_of(model):
     return model.decoder.layers[-1].dtype_policy.name
 
 
-def as_float32(model):
-    """``model`` itself if it computes in float32, else a float32 copy with the same weights."""
-    if precision_of(model) == "float32":
+def with_precision(model, precision):
+    """``model`` itself if it computes in ``precision``, else a copy computing in it with the same weights."""
+    if precision_of(model) == precision:
         return model
-    twin = build_model(model.architecture, model.latent_dim, beta=model.beta, precision="float32")
+    twin = build_model(model.architecture, model.latent_dim, beta=model.beta, precision=precision)
     twin.set_weights(model.get_weights())
     return twin
+
+
+def as_float32(model):
+    """``model`` itself if it computes in float32, else a float32 copy with the same weights."""
+    return with_precision(model, "float32")
 
 
 def _check_beta(beta):
