@@ -55,13 +55,21 @@ def decided_fast_paths(hermetic_session, tmp_path_factory):
     """
     import fastpath
     import models
+    import training
 
     cache_file = tmp_path_factory.getbasetemp() / "shared-cache" / "denoising_vae" / "fast_path.json"
-    for architecture in models.ARCHITECTURES:
-        for precision in ("auto", "float32"):
-            fastpath.choose_path({"architecture": architecture, "latent_dim": 2, "batch_size": 100},
-                                 lambda candidate, shards: lambda: 1.0 / shards + (candidate != "float32"),
-                                 precision=precision, cache_file=cache_file)
+    # For this process's cores and for a worker process's share (one core of a
+    # study's or sweep's LocalCluster on this machine).
+    patch = pytest.MonkeyPatch()
+    for cores in sorted({os.environ.get("TF_NUM_INTEROP_THREADS", str(os.cpu_count() or 1)), "1"}):
+        patch.setenv("TF_NUM_INTEROP_THREADS", cores)
+        for architecture in models.ARCHITECTURES:
+            for precision in ("auto", "float32"):
+                fastpath.choose_path({"architecture": architecture, "latent_dim": 2, "batch_size": 100,
+                                      "step_code": training.step_code_key()},
+                                     lambda candidate, shards: lambda: 1.0 / shards + (candidate != "float32"),
+                                     precision=precision, cache_file=cache_file)
+    patch.undo()
     return cache_file
 
 
