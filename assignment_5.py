@@ -1,7 +1,7 @@
 """The whole study: data, the four models, test metrics, figures and a report.
 
-    python assignment_5.py                 # the default study (about 5.5 min on 2 cores)
-    python assignment_5.py --quick         # everything on a small subset in about 35 s
+    python assignment_5.py                 # the default study (about 5.5 min on 2 cores, 2 models at a time)
+    python assignment_5.py --quick         # everything on a small subset in about 35-50 s
     python assignment_5.py --help          # every flag with its default
 
 Everything goes under ``--out``. Each model's results are written as soon as
@@ -96,8 +96,10 @@ def parse_args(argv):
     parser.add_argument("--test-size", type=int, default=None, help="test images, balanced over letters (None: all)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
     parser.add_argument("--seeds", default="1", help="replicates per model and setting: --seed, --seed + 1, ...")
-    parser.add_argument("--workers", default="1",
-                        help="worker processes of a Dask LocalCluster on this machine (1: in this process)")
+    parser.add_argument("--workers", default="auto",
+                        help="worker processes of a Dask LocalCluster on this machine that train models (or "
+                             "sweep cells) side by side; auto: one per core, at most one per model or cell, "
+                             "as many as the memory holds; 1: everything in this process")
     parser.add_argument("--scheduler", default=None,
                         help="address of a running Dask scheduler (tcp://HOST:8786) to run the cells on; "
                              "--out must then be storage every worker sees")
@@ -214,12 +216,34 @@ def check_caches():
             return
 
 
-def placement_from_args(args, parser):
-    """``(workers, scheduler)``: where the cells run; bad values exit via parser.error (status 2)."""
-    workers = parse_list(parser, "workers", args.workers)[0]
-    if workers > (os.cpu_count() or 1):
-        parser.error(f"argument --workers: expected at most {os.cpu_count() or 1} (this machine's cores), "
-                     f"got {workers}")
+def placement_from_args(args, parser, config):
+    """``(workers, scheduler)``: where the models or cells train; bad values exit via parser.error (status 2).
+
+    ``--workers auto`` (the default): one worker process per core, at most
+    one per model of a study or cell of a sweep, and no more than the memory
+    holds (each process keeps its own copy of the data); 1 runs everything
+    in this process.
+    """
+    cores = os.cpu_count() or 1
+    if args.workers == "auto":
+        if args.scheduler is not None:
+            return 1, args.scheduler
+        tasks = len(config.models) * config.seeds * math.prod(
+            len(config.values(setting)) for setting in ("latent_dim", "noise_std", "beta"))
+        workers = min(cores, tasks)
+        available = available_memory()
+        while workers > 1 and available is not None and \
+                memory_needed(config.train_size, config.test_size, workers + 1) > available:
+            workers -= 1
+        return workers, None
+    try:
+        workers = int(args.workers)
+    except ValueError:
+        workers = 0
+    if workers < 1:
+        parser.error(f"argument --workers: expected auto or an integer >= 1, got {args.workers!r}")
+    if workers > cores:
+        parser.error(f"argument --workers: expected at most {cores} (this machine's cores), got {workers}")
     if args.scheduler is not None and workers != 1:
         parser.error("argument --workers: the workers of --scheduler are the cluster's; leave --workers out")
     return workers, args.scheduler
@@ -227,7 +251,7 @@ def placement_from_args(args, parser):
 
 # flag -> (parse one value, lowest allowed, whether a list is allowed)
 _LISTS = {"latent_dim": (int, 1, True), "noise_std": (float, 0.0, True), "beta": (float, 0.0, True),
-          "seeds": (int, 1, False), "workers": (int, 1, False)}
+          "seeds": (int, 1, False)}
 
 
 def parse_list(parser, key, text):
@@ -411,8 +435,13 @@ class Progress:
 # The study
 # --------------------------------------------------------------------------
 
-def run_study(config: StudyConfig, out: Path, verbose=None):
+def run_study(config: StudyConfig, out: Path, verbose=None, workers=1):
     """Run (or resume) the study into ``out``; return the results dict.
+
+    ``workers`` > 1 trains that many models side by side, each in a worker
+    process of a Dask LocalCluster on its share of the cores
+    (:func:`_train_on_workers`); the run folder and results are the same
+    as with one, and a run can resume with another number.
 
     ``verbose`` is Keras' ``fit`` verbosity; by default a progress bar on a
     terminal and one line per epoch when stdout goes to a file.
@@ -420,7 +449,7 @@ def run_study(config: StudyConfig, out: Path, verbose=None):
     if verbose is None:
         verbose = "auto" if sys.stdout.isatty() else 2
     progress = Progress()
-    check_memory(config)
+    check_memory(config, processes=workers + 1 if workers > 1 else 1)
     prepare_out(out, config)
     check_caches()
     loaded = data_prepro.input_read(config.data, train_size=config.train_size, test_size=config.test_size,
@@ -447,7 +476,7 @@ def run_study(config: StudyConfig, out: Path, verbose=None):
     results.setdefault("models", {})
     write_json(results_path, results)
 
-    trained = {}
+    trained, pending = {}, []
     for index, name in enumerate(config.models):
         final_path = out / f"{name}.keras"
         if name in results["models"] and final_path.is_file():
@@ -459,38 +488,29 @@ def run_study(config: StudyConfig, out: Path, verbose=None):
                 warn(f"{final_path} is unreadable ({str(error).splitlines()[0][:80]}); evaluating {name} again "
                      "from its last checkpoint")
                 results["models"].pop(name)
-        path = training.choose_fast_path(name, config.latent_dim, beta=config.beta, batch_size=config.batch_size,
-                                         precision=config.precision)
-        progress(f"{name}: fast path {path.describe()}"
-                 + (f", decided in {path.decide_seconds:.1f} s" if path.source == "measured" else ""))
-        model = models.build_model(name, config.latent_dim, beta=config.beta, seed=config.seed + index,
-                                   precision=path.precision)
-        progress(f"{name}: training {config.epochs} epochs ({models.precision_of(model)}, "
-                 f"{models.parameter_counts(model)['total']:,} parameters)")
-        try:
-            fitted = training.train_model(model, x_train, x_test, run_dir=out / "checkpoints" / name,
-                                          epochs=config.epochs, batch_size=config.batch_size,
-                                          noise_std=config.noise_std, seed=config.seed + index,
-                                          learning_rate=config.learning_rate, shards=path.shards, verbose=verbose)
-        except training.NonFiniteLossError as error:
-            raise UsageError(f"{name}: training diverged in epoch {error.epoch} (the loss became NaN or "
-                             f"infinite); lower --learning-rate (now {config.learning_rate:g}); "
-                             f"{len(results['models'])} finished models are kept in {results_path}") from None
-        model = fitted.model
-        if fitted.resumed_from:
-            progress(f"{name}: resumed after epoch {fitted.resumed_from}")
-        progress(f"{name}: trained in {fitted.train_seconds:.1f} s; evaluating")
-        test = evaluation.evaluate(model, x_test_noisy, x_test, seed=config.seed)
-        models.save_model(model, final_path)
-        results["models"][name] = {
-            "params": models.parameter_counts(model), "precision": models.precision_of(model),
-            "fast_path": dataclasses.asdict(path),
-            "epochs": fitted.epochs, "train_seconds": round(fitted.train_seconds, 2),
-            "history": fitted.history, "test": test}
-        write_json(results_path, results)
-        trained[name] = model
-        progress(f"{name}: test loss {test['loss']:.2f}, PSNR {test['psnr_noisy']:.2f} -> "
-                 f"{test['psnr_reconstructed']:.2f} dB")
+        pending.append((index, name))
+
+    workers = min(workers, len(pending))
+    if pending:
+        results["workers"] = workers  # models trained at a time, each on its share of the cores
+    if workers > 1:
+        data_name = source.path if source.kind == "emnist" else "synthetic"
+        finishing = _train_on_workers(pending, config, out, data_name, workers, progress)
+    else:
+        finishing = (train_and_test(name, index, config, out, (x_train, x_test, x_test_noisy), progress, verbose)
+                     for index, name in pending)
+    try:
+        for name, entry, model in finishing:
+            results["models"][name] = entry
+            write_json(results_path, results)
+            trained[name] = model if model is not None else models.load_model(out / f"{name}.keras")
+    except training.NonFiniteLossError as error:
+        raise UsageError(f"{error.model}: training diverged in epoch {error.epoch} (the loss became NaN or "
+                         f"infinite); lower --learning-rate (now {config.learning_rate:g}); "
+                         f"{len(results['models'])} finished models are kept in {results_path}") from None
+    # Config order, whatever order the models finished in.
+    results["models"] = {name: results["models"][name] for name in config.models}
+    trained = {name: trained[name] for name in config.models}
 
     progress("figures")
     finished = {name: results["models"][name] for name in config.models}
@@ -501,6 +521,163 @@ def run_study(config: StudyConfig, out: Path, verbose=None):
     (out / "report.md").write_text(render_report(config, results, figures))
     progress(f"done: {out / 'report.md'}")
     return results
+
+
+def train_and_test(name, index, config, out, data, progress, verbose):
+    """Train (or resume) one model of the study, test it and save it as ``out/NAME.keras``.
+
+    Args:
+        name, index: the model and its position in ``config.models`` (its seed is ``config.seed + index``).
+        data: ``(x_train, x_test, x_test_noisy)``, float32 in [0, 1].
+        progress: called with one status line at a time.
+        verbose: Keras' ``fit`` verbosity.
+
+    Returns:
+        ``(name, entry, model)``: the model's ``results.json`` entry and the trained model.
+
+    Raises:
+        training.NonFiniteLossError: the loss diverged; its ``model`` attribute names the model.
+    """
+    import evaluation
+    import models
+    import training
+
+    x_train, x_test, x_test_noisy = data
+    path = training.choose_fast_path(name, config.latent_dim, beta=config.beta, batch_size=config.batch_size,
+                                     precision=config.precision)
+    progress(f"{name}: fast path {path.describe()}"
+             + (f", decided in {path.decide_seconds:.1f} s" if path.source == "measured" else ""))
+    model = models.build_model(name, config.latent_dim, beta=config.beta, seed=config.seed + index,
+                               precision=path.precision)
+    progress(f"{name}: training {config.epochs} epochs ({models.precision_of(model)}, "
+             f"{models.parameter_counts(model)['total']:,} parameters)")
+    try:
+        fitted = training.train_model(model, x_train, x_test, run_dir=out / "checkpoints" / name,
+                                      epochs=config.epochs, batch_size=config.batch_size,
+                                      noise_std=config.noise_std, seed=config.seed + index,
+                                      learning_rate=config.learning_rate, shards=path.shards, verbose=verbose)
+    except training.NonFiniteLossError as error:
+        error.model = name
+        raise
+    model = fitted.model
+    if fitted.resumed_from:
+        progress(f"{name}: resumed after epoch {fitted.resumed_from}")
+    progress(f"{name}: trained in {fitted.train_seconds:.1f} s; evaluating")
+    test = evaluation.evaluate(model, x_test_noisy, x_test, seed=config.seed)
+    models.save_model(model, out / f"{name}.keras")
+    entry = {"params": models.parameter_counts(model), "precision": models.precision_of(model),
+             "fast_path": dataclasses.asdict(path), "epochs": fitted.epochs,
+             "train_seconds": round(fitted.train_seconds, 2), "history": fitted.history, "test": test}
+    progress(f"{name}: test loss {test['loss']:.2f}, PSNR {test['psnr_noisy']:.2f} -> "
+             f"{test['psnr_reconstructed']:.2f} dB")
+    return name, entry, model
+
+
+# Relative training time of each model on one core (the default study in two
+# workers on the Xeon of the README's Speed section: arch3 215 s, ae 160 s,
+# arch1 141 s, arch2 110 s). It only splits the models into balanced chains.
+TRAINING_COST = {"arch3": 3, "arch1": 2, "ae": 2, "arch2": 1}
+EPOCH_POLL_SECONDS = 3.0
+
+
+def balanced_chains(pending, workers):
+    """``pending`` ``(index, name)`` models split into ``workers`` lists, each trained in order
+    on one worker: the costliest model first, each to the list with the least
+    :data:`TRAINING_COST` so far (longest processing time first, Graham 1969)."""
+    chains, loads = [[] for _ in range(workers)], [0] * workers
+    for index, name in sorted(pending, key=lambda item: -TRAINING_COST.get(item[1], 1)):
+        lightest = loads.index(min(loads))
+        chains[lightest].append((index, name))
+        loads[lightest] += TRAINING_COST.get(name, 1)
+    return chains
+
+
+def train_in_worker(name, index, config_fields, out, data_name, after=None):
+    """:func:`train_and_test` in a Dask worker process: reads the data itself and
+    returns ``{"entry": ..., "lines": [...]}`` or ``{"diverged": message, "epoch": N, "lines": [...]}``.
+
+    ``after`` is the outcome of the model trained before this one in its
+    chain (unused: passing it makes Dask run the two in order)."""
+    import startup
+
+    startup.start_tensorflow()
+    import training
+
+    config = StudyConfig(**config_fields)
+    with warnings.catch_warnings():  # the main process has warned about the data already
+        warnings.simplefilter("ignore")
+        (x_train, _), (x_test, _) = data_prepro.input_read(data_name, train_size=config.train_size,
+                                                           test_size=config.test_size, seed=config.seed)
+    x_test_noisy = data_prepro.noise_addition(x_test, config.noise_std, seed=config.seed + 7)
+    lines = []
+    try:
+        _, entry, _ = train_and_test(name, index, config, Path(out), (x_train, x_test, x_test_noisy), lines.append,
+                                     verbose=0)
+    except training.NonFiniteLossError as error:
+        return {"diverged": str(error), "epoch": error.epoch, "lines": lines}
+    return {"entry": entry, "lines": lines}
+
+
+def _train_on_workers(pending, config, out, data_name, workers, progress):
+    """Train the ``pending`` ``(index, name)`` models side by side in ``workers`` worker processes of a
+    Dask LocalCluster; yield ``(name, entry, None)`` as each finishes (its model is saved in ``out``).
+
+    Each model's epochs are reported as they end (from its ``history.csv``). Dask
+    reruns a model whose worker died, and the rerun resumes from its checkpoint.
+    """
+    import importlib
+    import uuid
+
+    import sweep
+    import training
+    from dask.distributed import wait
+
+    task = importlib.import_module("assignment_5").train_in_worker  # by module name, also when run as a script
+    fields = dataclasses.asdict(config)
+    # Epochs reported so far: those of an earlier, interrupted run are not repeated.
+    shown = {name: len(training.read_history(out / "checkpoints" / name)) for _, name in pending}
+
+    def show_epochs(name):
+        for row in training.read_history(out / "checkpoints" / name):
+            if row["epoch"] > shown[name]:
+                shown[name] = row["epoch"]
+                progress(f"{name}: epoch {row['epoch']}/{config.epochs}, loss {row['loss']:.2f}, "
+                         f"val_loss {row['val_loss']:.2f}")
+
+    chains = balanced_chains(pending, workers)
+    with sweep.dask_client(workers, None) as client:
+        futures = {}
+        for chain in chains:
+            previous = None
+            for index, name in chain:
+                previous = client.submit(task, name, index, fields, str(out), data_name, previous, pure=False,
+                                         retries=1, key=f"study-{name}-{uuid.uuid4().hex[:8]}")
+                futures[previous] = name
+        cores = max(1, (os.cpu_count() or 1) // workers)
+        order = "; ".join(" then ".join(name for _, name in chain) for chain in chains)
+        progress(f"training side by side in {workers} worker processes (a Dask LocalCluster, "
+                 f"{cores} core{'s' * (cores != 1)} each): {order}")
+        running = set(futures)
+        while running:
+            try:
+                wait(running, timeout=EPOCH_POLL_SECONDS, return_when="FIRST_COMPLETED")
+            except TimeoutError:  # none finished in that time
+                pass
+            done = {future for future in running if future.done()}
+            running -= done
+            for future in running:
+                show_epochs(futures[future])
+            for future in done:
+                name = futures[future]
+                show_epochs(name)
+                outcome = future.result()
+                for line in outcome["lines"]:
+                    progress(line)
+                if "diverged" in outcome:
+                    error = training.NonFiniteLossError(outcome["diverged"], epoch=outcome["epoch"])
+                    error.model = name
+                    raise error
+                yield name, outcome["entry"], None
 
 
 def run_sweep(config: StudyConfig, out: Path, *, workers=1, scheduler=None):
@@ -742,7 +919,9 @@ def render_report(config, results, figures):
         f"and clipped to [0, 1]. Training draws fresh noise every epoch; the test set has one fixed noisy copy.",
         "",
         f"**Settings:** {config.epochs} epochs, batch {config.batch_size}, latent dimensions {config.latent_dim}, "
-        f"beta {config.beta}, Adam {config.learning_rate}, seed {config.seed}, precision {config.precision}.",
+        f"beta {config.beta}, Adam {config.learning_rate}, seed {config.seed}, precision {config.precision}"
+        + (f"; {results['workers']} models trained at a time, each in a worker process on its share of the cores "
+           "(training times are per model)" if results.get("workers", 1) > 1 else "") + ".",
         "",
         "## Test metrics",
         "",
@@ -779,14 +958,14 @@ def main(argv=None) -> int:
     """Command-line entry point; returns the exit status."""
     args, parser = parse_args(argv)
     config = config_from_args(args, parser)
-    workers, scheduler = placement_from_args(args, parser)
+    workers, scheduler = placement_from_args(args, parser, config)
     out = Path(args.out).expanduser()
     # The package's warnings (synthetic letters, an unverified archive) as one line each.
     plain_format = warnings.formatwarning
     warnings.formatwarning = lambda message, *rest, **kw: f"assignment_5.py: warning: {message}\n"
     try:
         with OutLock(out):
-            if config.is_sweep or workers > 1 or scheduler is not None:
+            if config.is_sweep or scheduler is not None:
                 results = run_sweep(config, out, workers=workers, scheduler=scheduler)
                 failed = [cell for cell in results["cells"] if cell.get("status") != "done"]
                 if failed:
@@ -794,7 +973,7 @@ def main(argv=None) -> int:
                           f"first {failed[0]['name']}: {failed[0].get('error')}", file=sys.stderr)
                     return 1
             else:
-                run_study(config, out)
+                run_study(config, out, workers=workers)
     except UsageError as error:
         print(f"assignment_5.py: error: {error}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ import importlib.util
 import json
 import math
 import os
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -165,7 +166,7 @@ def run_cells(cells, job, *, workers=1, scheduler=None, progress=print, dashboar
 
     from dask.distributed import as_completed
 
-    with _client(workers, scheduler) as client:
+    with dask_client(workers, scheduler) as client:
         if scheduler is not None:
             check_shared_storage(client, Path(job.out))
         if dashboard and client.dashboard_link and importlib.util.find_spec("bokeh"):
@@ -185,8 +186,34 @@ def run_cells(cells, job, *, workers=1, scheduler=None, progress=print, dashboar
     return {cell.name: results[cell.name] for cell in cells}
 
 
-class _client:
-    """A Dask client on a new LocalCluster (closed on exit) or on a running scheduler."""
+def _exit_quietly(signum, frame):
+    os._exit(128 + signum)
+
+
+def quiet_interrupts_plugin():
+    """A Dask worker plugin: Ctrl-C ends a worker process at once and without a traceback.
+
+    Its client stops the run; the worker's checkpoints are written atomically,
+    so an epoch cut short costs only itself (as a killed worker does).
+    """
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class QuietInterrupts(WorkerPlugin):
+        name = "quiet-interrupts"
+
+        def setup(self, worker):
+            try:
+                signal.signal(signal.SIGINT, _exit_quietly)
+            except ValueError:  # not the process's main thread: leave the worker as it is
+                pass
+
+    return QuietInterrupts()
+
+
+class dask_client:
+    """``with dask_client(workers, scheduler) as client``: a Dask client on a new
+    LocalCluster of ``workers`` processes (closed on exit) or on the running
+    scheduler at ``scheduler``."""
 
     def __init__(self, workers, scheduler):
         self.workers, self.scheduler, self.cluster, self.client = workers, scheduler, None, None
@@ -202,9 +229,18 @@ class _client:
         # cores: TensorFlow reads these when it starts in the worker.
         env = {"TF_NUM_INTEROP_THREADS": str(cores), "TF_NUM_INTRAOP_THREADS": "1",
                "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "MPLBACKEND": "Agg"}
-        self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                    dashboard_address=":0", env=env, silence_logs=40)
+        # A terminal's Ctrl-C reaches every process of its group. This process
+        # stops the run; a worker ends at once without a traceback (the plugin),
+        # and ignores it while starting (ignored signals stay ignored in the
+        # processes started meanwhile).
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                        dashboard_address=":0", env=env, silence_logs=40)
+        finally:
+            signal.signal(signal.SIGINT, previous)
         self.client = Client(self.cluster)
+        self.client.register_plugin(quiet_interrupts_plugin())
         return self.client
 
     def __exit__(self, *exc):

@@ -18,10 +18,10 @@ SLOW = ["--data", "synthetic", "--train-size", "1300", "--test-size", "52", "--e
 SMALL = ["--data", "synthetic", "--train-size", "260", "--test-size", "52", "--epochs", "1", "--precision", "float32"]
 
 
-def launch(flags, out):
+def launch(flags, out, **options):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, str(REPO / "assignment_5.py"), *flags, "--out", str(out)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **options)
 
 
 def wait_for(condition, timeout=180):
@@ -61,6 +61,51 @@ def test_ctrl_c_stops_with_one_line_and_the_same_command_resumes(tmp_path):
     assert [row["epoch"] for row in training.read_history(out / "checkpoints" / "ae")] == [1, 2, 3, 4]
 
 
+def test_ctrl_c_in_a_terminal_stops_the_worker_processes_too_and_the_same_command_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    flags = SLOW[:-4] + ["--models", "ae,arch2", "--precision", "float32", "--workers", "2"]
+    # A terminal's Ctrl-C reaches every process of the foreground group: the run and its workers.
+    process = launch(flags, out, start_new_session=True)
+    try:
+        assert wait_for(checkpoint_saved(out)), "no epoch finished"
+        os.killpg(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+        assert wait_for(lambda: not group_alive(process.pid), timeout=30), "worker processes outlived the run"
+    finally:
+        if group_alive(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines == [f"assignment_5.py: interrupted; run the same command again to resume from {out}"], stderr
+    # One chain of models per worker, the costliest first.
+    assert "training side by side in 2 worker processes (a Dask LocalCluster, 1 core each): ae; arch2" in stdout
+    resumed = launch(flags, out)
+    stdout, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr
+    # Each model's epochs are reported as they end, the earlier run's not again.
+    assert "ae: resumed after epoch" in stdout and "ae: epoch 4/4, loss " in stdout
+    assert stdout.count("ae: epoch 1/4") == 0 and "arch2: test loss " in stdout
+    assert not [line for line in stderr.splitlines() if line.strip()], stderr
+    for name in ("ae", "arch2"):
+        assert [row["epoch"] for row in training.read_history(out / "checkpoints" / name)] == [1, 2, 3, 4]
+        assert (out / f"{name}.keras").is_file()
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["models"]) == ["ae", "arch2"] and results["workers"] == 2
+    assert all(entry["epochs"] == 4 and entry["fast_path"]["shards"] == 1 for entry in results["models"].values())
+    assert "2 models trained at a time" in (out / "report.md").read_text()
+    # The same folder in one process: both models are found finished.
+    assert assignment_5.main(flags[:-2] + ["--workers", "1", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.count("already finished") == 2
+
+
+def group_alive(group):
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def test_a_second_run_on_the_same_out_is_refused_and_a_killed_runs_lock_blocks_nothing(tmp_path):
     out = tmp_path / "run"
     first = launch(SLOW, out)
@@ -92,8 +137,8 @@ def test_a_diverging_model_names_model_epoch_and_flag_and_keeps_finished_results
             raise training.NonFiniteLossError("training diverged: loss became nan in epoch 1 at batch 2", epoch=1)
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(training, "train_model", diverge_for_arch2)
-    assert assignment_5.main(SMALL + ["--models", "ae,arch2", "--out", str(out)]) == 2
+    monkeypatch.setattr(training, "train_model", diverge_for_arch2)  # in this process: one worker
+    assert assignment_5.main(SMALL + ["--models", "ae,arch2", "--workers", "1", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "arch2: training diverged in epoch 1" in err and "lower --learning-rate (now 0.001)" in err

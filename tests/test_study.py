@@ -102,7 +102,8 @@ def test_comparison_panels():
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("quick")
-    status = assignment_5.main(["--quick", "--data", "synthetic", "--out", str(out)])
+    # In this process: test_faults.py runs a study on worker processes (the default on several cores).
+    status = assignment_5.main(["--quick", "--data", "synthetic", "--workers", "1", "--out", str(out)])
     return status, out
 
 
@@ -189,6 +190,23 @@ def test_resume_continues_an_interrupted_model(tmp_path, capsys):
     assert "ae: resumed after epoch 2" in capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
     assert results["models"]["ae"]["epochs"] == 3 and len(results["models"]["ae"]["history"]["loss"]) == 3
+
+
+def test_models_are_split_into_balanced_chains_one_per_worker():
+    pending = list(enumerate(assignment_5.ARCHITECTURES))  # arch1, arch2, arch3, ae
+    assert assignment_5.balanced_chains(pending, 2) == [[(2, "arch3"), (1, "arch2")], [(0, "arch1"), (3, "ae")]]
+    assert assignment_5.balanced_chains(pending, 3) == [[(2, "arch3")], [(0, "arch1"), (1, "arch2")], [(3, "ae")]]
+    assert assignment_5.balanced_chains(pending[:1], 1) == [[(0, "arch1")]]
+
+
+def test_a_model_diverging_in_a_worker_stops_the_run_with_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    flags = SMALL + ["--models", "arch2,ae", "--precision", "float32", "--learning-rate", "1e9", "--workers", "2"]
+    assert assignment_5.main(flags + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert re.search(r"error: (arch2|ae): training diverged in epoch 1 \(the loss became NaN or infinite\); "
+                     r"lower --learning-rate \(now 1e\+09\); [01] finished models are kept in", err), err
 
 
 # ---------------------------------------------------------------- errors

@@ -73,7 +73,8 @@ def test_sweep_csv_is_one_tidy_row_per_cell(tmp_path):
     (["--beta", "1,nan"], "argument --beta: expected a comma list of finite numbers >= 0, got '1,nan'"),
     (["--seeds", "0"], "argument --seeds: expected integers >= 1, got '0'"),
     (["--seeds", "2,3"], "argument --seeds: expected integers >= 1, got '2,3'"),
-    (["--workers", "0"], "argument --workers: expected integers >= 1, got '0'"),
+    (["--workers", "0"], "argument --workers: expected auto or an integer >= 1, got '0'"),
+    (["--workers", "two"], "argument --workers: expected auto or an integer >= 1, got 'two'"),
     (["--workers", "999"], "argument --workers: expected at most"),
     (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "the workers of --scheduler are the cluster's"),
 ])
@@ -142,7 +143,7 @@ def test_one_value_and_one_seed_is_todays_study(tmp_path):
 
 def test_a_diverging_cell_is_recorded_and_the_others_finish(tmp_path, capsys):
     out = tmp_path / "sweep"
-    code = assignment_5.main(TINY + ["--models", "arch2", "--beta", "1,0", "--learning-rate", "1e9",
+    code = assignment_5.main(TINY + ["--models", "arch2", "--beta", "1,0", "--learning-rate", "1e9", "--workers", "1",
                                      "--out", str(out)])
     assert code == 1
     err = capsys.readouterr().err
