@@ -158,6 +158,11 @@ TEST_BYTES_PER_IMAGE = 784 * (4 + 4 + 4 + 8 + 1)
 BASE_BYTES = 1.5 * 2 ** 30  # TensorFlow, the models, evaluation buffers, figures
 
 
+def processes_holding_data(workers):
+    """Processes that each hold a copy of the data: this one, plus its workers when there are several."""
+    return workers + 1 if workers > 1 else 1
+
+
 def memory_needed(train_size, test_size, processes=1):
     """Estimated peak bytes of a run: the data (each process holds its own) plus a fixed base."""
     train = train_size or data_prepro.EMNIST_TRAIN_CAPITALS
@@ -233,7 +238,7 @@ def placement_from_args(args, parser, config):
         workers = min(cores, tasks)
         available = available_memory()
         while workers > 1 and available is not None and \
-                memory_needed(config.train_size, config.test_size, workers + 1) > available:
+                memory_needed(config.train_size, config.test_size, processes_holding_data(workers)) > available:
             workers -= 1
         return workers, None
     try:
@@ -449,7 +454,7 @@ def run_study(config: StudyConfig, out: Path, verbose=None, workers=1):
     if verbose is None:
         verbose = "auto" if sys.stdout.isatty() else 2
     progress = Progress()
-    check_memory(config, processes=workers + 1 if workers > 1 else 1)
+    check_memory(config, processes=processes_holding_data(workers))
     prepare_out(out, config)
     check_caches()
     loaded = data_prepro.input_read(config.data, train_size=config.train_size, test_size=config.test_size,
@@ -698,7 +703,7 @@ def run_sweep(config: StudyConfig, out: Path, *, workers=1, scheduler=None):
         except OSError as error:
             raise UsageError(str(error)) from None
     # Each worker process holds its own copy of the data, and so does this one.
-    check_memory(config, processes=1 if scheduler or workers == 1 else workers + 1)
+    check_memory(config, processes=1 if scheduler else processes_holding_data(workers))
     prepare_out(out, config)
     check_caches()
     loaded = data_prepro.input_read(config.data, train_size=config.train_size, test_size=config.test_size,
