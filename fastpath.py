@@ -7,8 +7,9 @@ What it fuses, and how each is proven equal (``tests/test_fastpath.py``):
   upsampling, Shi et al. 2016). Tested against ``conv(UpSampling2D(x))``,
   outputs and gradients, for ``"same"`` and ``"valid"`` padding.
 * **ReLU convolution + max pooling** (the convolutional encoders),
-  :func:`conv_relu_pool`: the bias and the ReLU run after the pooling, on the
-  4x smaller map (max commutes with both). Tested against the two layers with gradients.
+  :func:`conv_relu_pool`: the ReLU runs after the pooling, on the 4x smaller
+  map (max commutes with it), and the bias inside the convolution. Tested
+  against the two layers with gradients.
 * **Output sigmoid + cross-entropy**, :func:`plan_logits` / :func:`run_logits`:
   the decoder is run up to its sigmoid's input, and the loss
   (``models.reconstruction_loss_from_logits``) takes the sigmoid in float32
@@ -149,12 +150,18 @@ def _is_conv_relu_pool(conv, pooling):
 
 
 def conv_relu_pool(x, conv, pooling):
-    """``pooling(conv(x))`` for a ReLU convolution and max pooling, the bias and ReLU applied after the pooling.
+    """``pooling(conv(x))`` for a ReLU convolution and max pooling, the ReLU applied after the pooling.
 
-    Max pooling commutes with adding a per-channel bias and with ReLU (both
-    non-decreasing, and rounding is too; padded cells never win a max), so
-    outputs and gradients are the same while the bias, the ReLU and their
-    gradients run on the 4x smaller pooled map.
+    Max pooling commutes with ReLU (non-decreasing, and so is rounding;
+    padded cells never win a max), so outputs and gradients are the same
+    while the ReLU and its gradient run on the 4x smaller pooled map. The
+    bias stays in the convolution (a ``bias_add`` that oneDNN fuses into the
+    convolution as it writes the map, with its gradient in the filter's
+    backward pass): in mixed bfloat16 a separate add on the pooled map cost
+    more than that, as TensorFlow's bfloat16 element-wise operations run at
+    a half to a quarter of the float32 ones' speed on these CPUs (an add on a
+    (50, 14, 14, 16) map took about 250 us on a core of the Xeon in
+    ``benchmarks/results/intel-xeon-207``).
 
     Args:
         x: (B, H, W, C_in) tensor.
@@ -165,10 +172,10 @@ def conv_relu_pool(x, conv, pooling):
         the pooled map, in ``conv``'s compute dtype.
     """
     dtype = conv.compute_dtype
-    y = pooling(conv.convolution_op(tf.cast(x, dtype), tf.cast(tf.convert_to_tensor(conv.kernel), dtype)))
+    y = conv.convolution_op(tf.cast(x, dtype), tf.cast(tf.convert_to_tensor(conv.kernel), dtype))
     if conv.use_bias:
-        y = y + tf.cast(tf.convert_to_tensor(conv.bias), dtype)
-    return tf.nn.relu(y)
+        y = tf.nn.bias_add(y, tf.cast(tf.convert_to_tensor(conv.bias), dtype))
+    return tf.nn.relu(pooling(y))
 
 
 def _layer_chain(output, start):
