@@ -8,8 +8,8 @@ What it fuses, and how each is proven equal (``tests/test_fastpath.py``):
   outputs and gradients, for ``"same"`` and ``"valid"`` padding.
 * **ReLU convolution + max pooling** (the convolutional encoders),
   :func:`conv_relu_pool`: the ReLU runs after the pooling, on the 4x smaller
-  map (max commutes with it), and the bias inside the convolution. Tested
-  against the two layers with gradients.
+  map (max commutes with it), and so does the bias in float32; in bfloat16
+  the bias stays inside the convolution. Tested against the two layers with gradients.
 * **Output sigmoid + cross-entropy**, :func:`plan_logits` / :func:`run_logits`:
   the decoder is run up to its sigmoid's input, and the loss
   (``models.reconstruction_loss_from_logits``) takes the sigmoid in float32
@@ -152,16 +152,20 @@ def _is_conv_relu_pool(conv, pooling):
 def conv_relu_pool(x, conv, pooling):
     """``pooling(conv(x))`` for a ReLU convolution and max pooling, the ReLU applied after the pooling.
 
-    Max pooling commutes with ReLU (non-decreasing, and so is rounding;
-    padded cells never win a max), so outputs and gradients are the same
-    while the ReLU and its gradient run on the 4x smaller pooled map. The
-    bias stays in the convolution (a ``bias_add`` that oneDNN fuses into the
-    convolution as it writes the map, with its gradient in the filter's
-    backward pass): in mixed bfloat16 a separate add on the pooled map cost
-    more than that, as TensorFlow's bfloat16 element-wise operations run at
-    a half to a quarter of the float32 ones' speed on these CPUs (an add on a
-    (50, 14, 14, 16) map took about 250 us on a core of the Xeon in
-    ``benchmarks/results/intel-xeon-207``).
+    Max pooling commutes with ReLU and with adding a per-channel bias (both
+    non-decreasing, and so is rounding; padded cells never win a max), so
+    outputs and gradients are the same while the ReLU and its gradient run
+    on the 4x smaller pooled map. Where the bias goes depends on the compute
+    dtype, by measurement (epochs of arch1 and arch3 timed in turn on the
+    Xeon of ``benchmarks/results/intel-xeon-207``, README "Speed"):
+
+    * float32: after the pooling too, a cheap add on the small map.
+    * bfloat16: inside the convolution, as a ``bias_add`` that oneDNN fuses
+      into it (and its gradient into the filter's backward pass). TensorFlow's
+      bfloat16 element-wise operations run at a half to a quarter of the
+      float32 ones' speed on these CPUs, so a separate add, even on the small
+      map, cost more than the fused one (about 250 us for a (50, 14, 14, 16)
+      map on one core).
 
     Args:
         x: (B, H, W, C_in) tensor.
@@ -173,9 +177,14 @@ def conv_relu_pool(x, conv, pooling):
     """
     dtype = conv.compute_dtype
     y = conv.convolution_op(tf.cast(x, dtype), tf.cast(tf.convert_to_tensor(conv.kernel), dtype))
-    if conv.use_bias:
-        y = tf.nn.bias_add(y, tf.cast(tf.convert_to_tensor(conv.bias), dtype))
-    return tf.nn.relu(pooling(y))
+    bias = tf.cast(tf.convert_to_tensor(conv.bias), dtype) if conv.use_bias else None
+    fuse_bias = bias is not None and dtype == "bfloat16"
+    if fuse_bias:
+        y = tf.nn.bias_add(y, bias)
+    y = pooling(y)
+    if bias is not None and not fuse_bias:
+        y = y + bias
+    return tf.nn.relu(y)
 
 
 def _layer_chain(output, start):

@@ -83,13 +83,15 @@ def test_other_models_fuse_only_their_conv_pool_pairs(name, encoder_pairs):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 
-def test_conv_relu_pool_equals_the_layers_with_gradients():
+@pytest.mark.parametrize("policy, tolerance", [("float32", 1e-5), ("mixed_bfloat16", 2e-2)])
+def test_conv_relu_pool_equals_the_layers_with_gradients(policy, tolerance):
+    # float32 adds the bias after the pooling, bfloat16 inside the convolution: both are checked.
     rng = np.random.default_rng(3)
-    conv = keras.layers.Conv2D(6, 3, padding="same", activation="relu")
-    pooling = keras.layers.MaxPooling2D(2, padding="same")
+    conv = keras.layers.Conv2D(6, 3, padding="same", activation="relu", dtype=policy)
+    pooling = keras.layers.MaxPooling2D(2, padding="same", dtype=policy)
     x = tf.constant(rng.normal(size=(4, 7, 7, 3)).astype(np.float32))  # odd size: a padded pool
     conv.build((None, 7, 7, 3))
-    conv.bias.assign(rng.normal(size=(6,)).astype(np.float32))  # added after the pooling: not zero here
+    conv.bias.assign(rng.normal(size=(6,)).astype(np.float32))  # moved by the fused path: not zero here
     results = []
     for compute in (lambda: pooling(conv(x)), lambda: fastpath.conv_relu_pool(x, conv, pooling)):
         with tf.GradientTape() as tape:
@@ -100,7 +102,8 @@ def test_conv_relu_pool_equals_the_layers_with_gradients():
                                                                                        conv.bias.value])])
     assert results[1][0].shape == (4, 4, 4, 6)
     for fused, plain in zip(*results):
-        np.testing.assert_allclose(fused, plain, rtol=1e-5, atol=1e-5)
+        fused, plain = fused.astype(np.float32), plain.astype(np.float32)
+        np.testing.assert_allclose(fused, plain, rtol=tolerance, atol=tolerance * np.abs(plain).max())
 
 
 def test_fused_adam_follows_keras_adam():
