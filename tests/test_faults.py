@@ -37,7 +37,21 @@ def checkpoint_saved(out):
     return lambda: any((out / "checkpoints" / "ae").glob("checkpoint-epoch*.keras"))
 
 
-def test_ctrl_c_stops_with_one_line_and_the_same_command_resumes(tmp_path):
+@pytest.fixture
+def ctrl_c_reaches_children():
+    """Children launched now take SIGINT as a terminal's run does, whatever this process inherited.
+
+    A suite started in the background of a non-interactive shell (``cmd &``,
+    ``nohup``) inherits SIGINT ignored; its children would too, and Python
+    keeps an inherited SIG_IGN instead of raising KeyboardInterrupt. A
+    handler (unlike SIG_IGN) is reset to the default on exec.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_stops_with_one_line_and_the_same_command_resumes(tmp_path, ctrl_c_reaches_children):
     out = tmp_path / "run"
     process = launch(SLOW, out)
     try:
@@ -61,7 +75,8 @@ def test_ctrl_c_stops_with_one_line_and_the_same_command_resumes(tmp_path):
     assert [row["epoch"] for row in training.read_history(out / "checkpoints" / "ae")] == [1, 2, 3, 4]
 
 
-def test_ctrl_c_in_a_terminal_stops_the_worker_processes_too_and_the_same_command_resumes(tmp_path, capsys):
+def test_ctrl_c_in_a_terminal_stops_the_worker_processes_too_and_the_same_command_resumes(
+        tmp_path, ctrl_c_reaches_children, capsys):
     out = tmp_path / "run"
     flags = SLOW[:-4] + ["--models", "ae,arch2", "--precision", "float32", "--workers", "2"]
     # A terminal's Ctrl-C reaches every process of the foreground group: the run and its workers.
