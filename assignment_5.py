@@ -471,7 +471,7 @@ def run_study(config: StudyConfig, out: Path, verbose=None, workers=1):
     (x_train, y_train), (x_test, y_test) = loaded
     source = loaded.source
     progress(f"data: {source.describe()}; {len(x_train)} train and {len(x_test)} test images")
-    x_test_noisy = data_prepro.noise_addition(x_test, config.noise_std, seed=config.seed + 7)
+    x_test_noisy = data_prepro.noisy_test_copy(x_test, config.noise_std, config.seed)
 
     results_path = out / "results.json"
     results = read_json(results_path, {})
@@ -518,8 +518,8 @@ def run_study(config: StudyConfig, out: Path, verbose=None, workers=1):
     trained = {name: trained[name] for name in config.models}
 
     progress("figures")
-    finished = {name: results["models"][name] for name in config.models}
-    figures = make_figures(out, config, trained, finished, x_test, y_test, x_test_noisy, evaluation, plots)
+    figures = make_figures(out, config, trained, results["models"], x_test, y_test, x_test_noisy, evaluation,
+                           plots)
     results["figures"] = figures
     results["total_seconds"] = round(results.get("total_seconds", 0.0) + progress.elapsed(), 1)
     write_json(results_path, results)
@@ -613,7 +613,7 @@ def train_in_worker(name, index, config_fields, out, data_name, after=None):
         warnings.simplefilter("ignore")
         (x_train, _), (x_test, _) = data_prepro.input_read(data_name, train_size=config.train_size,
                                                            test_size=config.test_size, seed=config.seed)
-    x_test_noisy = data_prepro.noise_addition(x_test, config.noise_std, seed=config.seed + 7)
+    x_test_noisy = data_prepro.noisy_test_copy(x_test, config.noise_std, config.seed)
     lines = []
     try:
         _, entry, _ = train_and_test(name, index, config, Path(out), (x_train, x_test, x_test_noisy), lines.append,
@@ -658,7 +658,7 @@ def _train_on_workers(pending, config, out, data_name, workers, progress):
                 previous = client.submit(task, name, index, fields, str(out), data_name, previous, pure=False,
                                          retries=1, key=f"study-{name}-{uuid.uuid4().hex[:8]}")
                 futures[previous] = name
-        cores = max(1, (os.cpu_count() or 1) // workers)
+        cores = sweep.cores_per_worker(workers)
         order = "; ".join(" then ".join(name for _, name in chain) for chain in chains)
         progress(f"training side by side in {workers} worker processes (a Dask LocalCluster, "
                  f"{cores} core{'s' * (cores != 1)} each): {order}")
@@ -756,7 +756,7 @@ def run_sweep(config: StudyConfig, out: Path, *, workers=1, scheduler=None):
     if first:
         progress("figures")
         noise_std = config.values("noise_std")[0]
-        x_test_noisy = data_prepro.noise_addition(x_test, noise_std, seed=config.seed + 7)
+        x_test_noisy = data_prepro.noisy_test_copy(x_test, noise_std, config.seed)
         trained = {name: models.load_model(Path(result["folder"]) / "model.keras")
                    for name, (_, result) in first.items()}
         figures = make_figures(out, config, trained, results["models"], x_test, y_test, x_test_noisy,

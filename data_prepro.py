@@ -213,6 +213,15 @@ def noise_addition(x, noise_std=0.5, seed=None):
     return np.clip(noise, 0.0, 1.0, out=noise)
 
 
+def noisy_test_copy(x_test, noise_std, study_seed):
+    """The study's one fixed noisy copy of the test set: :func:`noise_addition` seeded ``study_seed + 7``.
+
+    One definition, so a study in one process, its worker processes and the
+    sweep cells of that seed all test on the same noisy images.
+    """
+    return noise_addition(x_test, noise_std, seed=study_seed + 7)
+
+
 def check_images(x, name="x"):
     """Validate a batch of images; return it as a numpy array (no copy when possible).
 

@@ -115,7 +115,7 @@ def run_cell(cell: Cell, job: CellJob):
     (x_train, _), (x_test, _) = data_prepro.input_read(job.data, train_size=job.train_size,
                                                        test_size=job.test_size, seed=job.data_seed)
     # The test set's noisy copy and evaluation draws follow the study seed, as in a single study.
-    x_test_noisy = data_prepro.noise_addition(x_test, cell.noise_std, seed=cell.study_seed + 7)
+    x_test_noisy = data_prepro.noisy_test_copy(x_test, cell.noise_std, cell.study_seed)
     result = {"name": cell.name, "folder": str(folder), **cell.settings()}
     try:
         path = training.choose_fast_path(cell.model, cell.latent_dim, beta=cell.beta, batch_size=job.batch_size,
@@ -186,6 +186,11 @@ def run_cells(cells, job, *, workers=1, scheduler=None, progress=print, dashboar
     return {cell.name: results[cell.name] for cell in cells}
 
 
+def cores_per_worker(workers):
+    """Cores each of ``workers`` worker processes on this machine trains on (at least 1)."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 def _exit_quietly(signum, frame):
     os._exit(128 + signum)
 
@@ -224,7 +229,7 @@ class dask_client:
         if self.scheduler is not None:
             self.client = Client(self.scheduler, timeout="10s")
             return self.client
-        cores = max(1, (os.cpu_count() or 1) // self.workers)
+        cores = cores_per_worker(self.workers)
         # Each worker process trains one cell at a time on its share of the
         # cores: TensorFlow reads these when it starts in the worker.
         env = {"TF_NUM_INTEROP_THREADS": str(cores), "TF_NUM_INTRAOP_THREADS": "1",
