@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import data_prepro
 import evaluation
@@ -62,6 +63,43 @@ def test_a_mixed_bfloat16_model_decodes_its_likelihood_samples_in_bfloat16(lette
     # A float32 model asked for bfloat16 decodes gets them from a bfloat16 twin.
     asked = evaluation.evaluate(twin, noisy, clean, batch_size=50, seed=1, iw_samples=8, iw_precision="mixed_bfloat16")
     assert asked["log_likelihood"] == own["log_likelihood"]
+
+
+def _exact_bernoulli_log_likelihood(clean, logits):
+    """float64 numpy: sum_p x log s + (1 - x) log(1 - s), s = sigmoid(logits) clipped to [1e-7, 1 - 1e-7]."""
+    s = np.clip(1 / (1 + np.exp(-logits.astype(np.float64))), 1e-7, 1 - 1e-7)
+    return (clean * np.log(s) + (1 - clean) * np.log1p(-s)).sum(-1)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_likelihood_from_logits_is_the_clipped_bernoulli_likelihood(dtype):
+    rng = np.random.default_rng(0)
+    samples, batch = 3, 5
+    clean = rng.random((batch, 784)).astype(np.float32)
+    clean[:, :100] = 0.0  # background and ink pixels, as in the letters
+    clean[:, 100:200] = 1.0
+    logits = rng.normal(0, 8, (samples * batch, 784)).astype(np.float32)  # a fifth beyond the clip at +-16.1
+    logits[:, 200:220] = 40.0
+    logits = tf.cast(tf.constant(logits), dtype)
+    got = evaluation.log_likelihood_from_logits(tf.constant(clean), logits).numpy()
+    assert got.shape == (samples, batch) and got.dtype == np.float32
+    as_float = tf.cast(logits, "float32").numpy().astype(np.float64)
+    expected = _exact_bernoulli_log_likelihood(clean[None].astype(np.float64), as_float.reshape(samples, batch, 784))
+    # Sums of 784 terms up to 16 nats each, in float32.
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-3)
+
+
+def test_the_likelihood_from_logits_keeps_the_digits_that_float32_probabilities_lose():
+    # Logits of 10-15: 1 - sigmoid(l) is 3e-7 to 5e-5, which a float32 probability
+    # near 1 keeps to one or two digits; the training loss's formula on it is off.
+    clean = np.full((1, 784), 0.5, np.float32)
+    logits = np.linspace(10, 15, 784, dtype=np.float32)[None]
+    expected = _exact_bernoulli_log_likelihood(clean, logits)
+    got = evaluation.log_likelihood_from_logits(tf.constant(clean), tf.constant(logits)).numpy()[:, 0]
+    from_probabilities = np.asarray(models.bernoulli_log_likelihood(clean, tf.sigmoid(logits)))
+    # About -4,900 nats, where float32 keeps steps of 0.0005.
+    assert abs(got[0] - expected[0]) < 0.01
+    assert abs(from_probabilities[0] - expected[0]) > 0.1  # 0.21 nats off
 
 
 def test_a_bad_likelihood_precision(letters):
