@@ -425,18 +425,27 @@ def _native_bfloat16():
     return bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
+def cpu_name(cpuinfo):
+    """"<model name> (family F, model M, stepping S)" of the first processor in the text of
+    /proc/cpuinfo, or ``None`` where it names no model. Virtual machines name different CPUs
+    alike ("Intel(R) Xeon(R) Processor"): the numbers tell them apart."""
+    first = cpuinfo.split("\n\n")[0]
+    info = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in first.splitlines())}
+    if "model name" not in info:
+        return None
+    return (f"{info['model name']} (family {info.get('cpu family')}, model {info.get('model')}, "
+            f"stepping {info.get('stepping')})")
+
+
 def machine_key():
     """What a timing depends on besides the model: CPU model, cores in use, GPUs, TensorFlow."""
-    cpu = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        cpu = cpu_name(Path("/proc/cpuinfo").read_text())
     except OSError:
-        pass
+        cpu = None
     gpus = [device.name for device in tf.config.list_physical_devices("GPU")]
-    return {"cpu": cpu, "cores": _cores(), "gpus": gpus, "tensorflow": tf.__version__}
+    return {"cpu": cpu or platform.processor() or platform.machine(), "cores": _cores(), "gpus": gpus,
+            "tensorflow": tf.__version__}
 
 
 TIMING_BLOCKS = 5

@@ -197,15 +197,17 @@ def load_times():
 
 
 def cpu_model():
-    """The CPU's model name from /proc/cpuinfo (or the platform's word for it)."""
+    """The CPU's model name with its family, model and stepping numbers, from /proc/cpuinfo
+    (or the platform's word for it): virtual machines name different Xeons alike."""
     import platform
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        first = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return platform.processor() or platform.machine()
+    info = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in first.splitlines())}
+    numbers = ", ".join(f"{label} {info[key]}" for key, label in (("cpu family", "family"), ("model", "model"),
+                                                                   ("stepping", "stepping")) if key in info)
+    return f"{info.get('model name', platform.machine())} ({numbers})"
 
 
 def peak_gflops():

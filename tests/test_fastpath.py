@@ -271,6 +271,17 @@ def test_a_decision_from_another_machine_or_tensorflow_is_ignored(tmp_path, two_
     assert len(timer.calls) == 4 and choice.source == "measured"
 
 
+def test_two_cpus_of_one_name_are_two_machines():
+    # What two KVM guests on different Xeons showed in /proc/cpuinfo (two processors each).
+    def cpuinfo(model):
+        processor = (f"processor\t: {{}}\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: {model}\n"
+                     "model name\t: Intel(R) Xeon(R) Processor\nstepping\t: 1\nflags\t\t: fpu avx512f\n")
+        return "\n".join(processor.format(index) for index in range(2))
+    assert fastpath.cpu_name(cpuinfo(207)) == "Intel(R) Xeon(R) Processor (family 6, model 207, stepping 1)"
+    assert fastpath.cpu_name(cpuinfo(167)) == "Intel(R) Xeon(R) Processor (family 6, model 167, stepping 1)"
+    assert fastpath.cpu_name("processor\t: 0\nBogoMIPS\t: 48.00\n") is None  # no model name (some ARM kernels)
+
+
 def test_a_damaged_cache_is_rebuilt(tmp_path, two_cores_with_bfloat16, caplog):
     cache = tmp_path / "c.json"
     cache.write_text('{"entries": {"trunc')
