@@ -17,6 +17,7 @@ its layers, weights and saved files are the report's either way.
 from __future__ import annotations
 
 import math
+import random
 
 import atomic_files
 import fastpath  # sets TensorFlow's thread options before TensorFlow starts
@@ -66,56 +67,84 @@ class Sampling(layers.Layer):
         return {**super().get_config(), "seed": self.seed}
 
 
-def _conv_encoder_trunk(inputs, filters, prefix):
-    """Conv(3x3, relu, same) + MaxPool(2, same) blocks, then Flatten."""
+def _kernel_initializers(seed):
+    """A function giving the next layer's kernel initializer: Glorot uniform (Keras' default)
+    with a seed of its own, drawn from ``random.Random(seed)``.
+
+    Keras draws an unseeded initializer's seed from Python's process-wide
+    ``random`` when the layer is made. In a Dask worker other threads (its
+    event loop, heartbeats) draw from it too, so the same seed gave other
+    initial weights from run to run. The private generator draws exactly what
+    ``keras.utils.set_random_seed(seed)`` made Keras draw in a process of its
+    own, so the weights are those of before. ``seed=None``: Keras' default.
+    """
+    if seed is None:
+        return lambda: "glorot_uniform"
+    draws = random.Random(seed)
+    return lambda: keras.initializers.GlorotUniform(seed=draws.randint(1, int(1e9)))  # as Keras draws it
+
+
+def _conv_encoder_trunk(inputs, filters, prefix, kernel):
+    """Conv(3x3, relu, same) + MaxPool(2, same) blocks, then Flatten; ``kernel()`` gives each
+    convolution's kernel initializer."""
     x = inputs
     for index, count in enumerate(filters, start=1):
-        x = layers.Conv2D(count, 3, activation="relu", padding="same", name=f"{prefix}_conv{index}")(x)
+        x = layers.Conv2D(count, 3, activation="relu", padding="same", name=f"{prefix}_conv{index}",
+                          kernel_initializer=kernel())(x)
         x = layers.MaxPooling2D(2, padding="same", name=f"{prefix}_maxpool{index}")(x)
     return layers.Flatten(name="flatten")(x)
 
 
-def _encoder(architecture, latent_dim, seed):
-    """The encoder of the report's tables: VAEs give [z_mean, z_log_var, z], ``ae`` gives [code]."""
+def _encoder(architecture, latent_dim, seed, kernel):
+    """The encoder of the report's tables: VAEs give [z_mean, z_log_var, z], ``ae`` gives [code].
+
+    ``kernel()`` gives each weighted layer's kernel initializer, in the order the layers are made.
+    """
     inputs = keras.Input(INPUT_SHAPE, name="input_encoder")
     if architecture in ("arch1", "ae"):
-        hidden = _conv_encoder_trunk(inputs, (16, 8), "encoder")  # (B, 392)
+        hidden = _conv_encoder_trunk(inputs, (16, 8), "encoder", kernel)  # (B, 392)
     elif architecture == "arch2":
         hidden = layers.Flatten(name="flat_encoder")(inputs)
-        hidden = layers.Dense(512, activation="relu", name="encoding_dense")(hidden)  # (B, 512)
+        hidden = layers.Dense(512, activation="relu", name="encoding_dense",
+                              kernel_initializer=kernel())(hidden)  # (B, 512)
     else:
-        hidden = _conv_encoder_trunk(inputs, (16, 8, 8), "encoder")  # (B, 128)
+        hidden = _conv_encoder_trunk(inputs, (16, 8, 8), "encoder", kernel)  # (B, 128)
     if architecture == "ae":
-        code = layers.Dense(latent_dim, name="code")(hidden)
+        code = layers.Dense(latent_dim, name="code", kernel_initializer=kernel())(hidden)
         return keras.Model(inputs, code, name="encoder")
-    z_mean = layers.Dense(latent_dim, name="mean")(hidden)
-    z_log_var = layers.Dense(latent_dim, name="log_var")(hidden)
+    z_mean = layers.Dense(latent_dim, name="mean", kernel_initializer=kernel())(hidden)
+    z_log_var = layers.Dense(latent_dim, name="log_var", kernel_initializer=kernel())(hidden)
     z = Sampling(seed=seed, name="sampling")([z_mean, z_log_var])
     return keras.Model(inputs, [z_mean, z_log_var, z], name="encoder")
 
 
-def _decoder(architecture, latent_dim):
-    """The decoder of the report's tables: (B, latent_dim) -> (B, 28, 28, 1) in (0, 1)."""
+def _decoder(architecture, latent_dim, kernel):
+    """The decoder of the report's tables: (B, latent_dim) -> (B, 28, 28, 1) in (0, 1); ``kernel`` as for
+    :func:`_encoder`."""
     inputs = keras.Input((latent_dim,), name="decoder_input")
     if architecture in ("arch1", "ae"):
-        x = layers.Dense(512, activation="relu", name="decoding")(inputs)
-        x = layers.Dense(256, activation="relu", name="decoding1")(x)
-        x = layers.Dense(PIXELS, activation="sigmoid", name="flat_decoded")(x)
+        x = layers.Dense(512, activation="relu", name="decoding", kernel_initializer=kernel())(inputs)
+        x = layers.Dense(256, activation="relu", name="decoding1", kernel_initializer=kernel())(x)
+        x = layers.Dense(PIXELS, activation="sigmoid", name="flat_decoded", kernel_initializer=kernel())(x)
         outputs = layers.Reshape(INPUT_SHAPE, name="out_decoded")(x)
     elif architecture == "arch2":
-        x = layers.Dense(512, activation="relu", name="decoding_dense")(inputs)
-        x = layers.Dense(PIXELS, activation="sigmoid", name="flat_decoder")(x)
+        x = layers.Dense(512, activation="relu", name="decoding_dense", kernel_initializer=kernel())(inputs)
+        x = layers.Dense(PIXELS, activation="sigmoid", name="flat_decoder", kernel_initializer=kernel())(x)
         outputs = layers.Reshape(INPUT_SHAPE, name="output_decoder")(x)
     else:
-        x = layers.Dense(128, activation="relu", name="decoder_dense1")(inputs)
+        x = layers.Dense(128, activation="relu", name="decoder_dense1", kernel_initializer=kernel())(inputs)
         x = layers.Reshape((4, 4, 8), name="decoder_reshape")(x)
-        x = layers.Conv2D(8, 3, activation="relu", padding="same", name="decoder_conv1")(x)
+        x = layers.Conv2D(8, 3, activation="relu", padding="same", name="decoder_conv1",
+                          kernel_initializer=kernel())(x)
         x = layers.UpSampling2D(name="decoder_upsampling1")(x)  # (B, 8, 8, 8)
-        x = layers.Conv2D(8, 3, activation="relu", padding="same", name="decoder_conv2")(x)
+        x = layers.Conv2D(8, 3, activation="relu", padding="same", name="decoder_conv2",
+                          kernel_initializer=kernel())(x)
         x = layers.UpSampling2D(name="decoder_upsampling2")(x)  # (B, 16, 16, 8)
-        x = layers.Conv2D(16, 3, activation="relu", padding="valid", name="decoder_conv3")(x)  # (B, 14, 14, 16)
+        x = layers.Conv2D(16, 3, activation="relu", padding="valid", name="decoder_conv3",
+                          kernel_initializer=kernel())(x)  # (B, 14, 14, 16)
         x = layers.UpSampling2D(name="decoder_upsampling3")(x)  # (B, 28, 28, 16)
-        outputs = layers.Conv2D(1, 3, activation="sigmoid", padding="same", name="decoder_conv4")(x)
+        outputs = layers.Conv2D(1, 3, activation="sigmoid", padding="same", name="decoder_conv4",
+                                kernel_initializer=kernel())(x)
     return keras.Model(inputs, outputs, name="decoder")
 
 
@@ -409,8 +438,9 @@ def build_model(name, latent_dim=2, *, beta=1.0, seed=None, precision="float32")
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)  # layers take the policy current when they are made
     try:
-        encoder = _encoder(name, int(latent_dim), seed)
-        decoder = _decoder(name, int(latent_dim))
+        kernel = _kernel_initializers(seed)
+        encoder = _encoder(name, int(latent_dim), seed, kernel)
+        decoder = _decoder(name, int(latent_dim), kernel)
         model = DenoisingVAE(encoder, decoder, architecture=name, beta=beta, seed=seed, name=name)
     finally:
         keras.config.set_dtype_policy(previous)

@@ -1,7 +1,9 @@
 """models: the report's architectures, loss terms against numpy, saving and loading (also files saved before)."""
+import random
 import subprocess
 import sys
 import textwrap
+import threading
 
 import keras
 import numpy as np
@@ -156,3 +158,28 @@ def test_a_model_saved_before_the_modules_were_split_still_loads():
     with np.load(fixtures / "arch3-before-split.npz") as stored:
         np.testing.assert_allclose(evaluation.reconstruct(model, stored["x"]), stored["reconstruction"],
                                    rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["arch2", "arch3"])
+def test_initial_weights_do_not_depend_on_other_threads_drawing_from_python_random(name):
+    # In a Dask worker the event loop's threads draw from Python's random while a
+    # model is built; Keras took unseeded initializers' seeds from it, so the same
+    # seed gave other weights from run to run (and other study results).
+    reference = weights_of(models.build_model(name, seed=5))
+    stop = threading.Event()
+
+    def draw():
+        while not stop.is_set():
+            random.random()
+
+    thread = threading.Thread(target=draw)
+    thread.start()
+    try:
+        built = [weights_of(models.build_model(name, seed=5)) for _ in range(3)]
+    finally:
+        stop.set()
+        thread.join()
+    for weights in built:
+        assert len(weights) == len(reference)
+        for got, expected in zip(weights, reference):
+            np.testing.assert_array_equal(got, expected)
