@@ -504,11 +504,14 @@ def run_study(config: StudyConfig, out: Path, verbose=None, workers=1):
     else:
         finishing = (train_and_test(name, index, config, out, (x_train, x_test, x_test_noisy), progress, verbose)
                      for index, name in pending)
+    made = {}  # each model's own figures, made as it finishes: in workers, while the others still train
     try:
         for name, entry, model in finishing:
             results["models"][name] = entry
             write_json(results_path, results)
             trained[name] = model if model is not None else models.load_model(out / f"{name}.keras")
+            made[name] = model_figures(out, config, name, trained[name], x_test, y_test, x_test_noisy, evaluation,
+                                       plots)
     except training.NonFiniteLossError as error:
         raise UsageError(f"{error.model}: training diverged in epoch {error.epoch} (the loss became NaN or "
                          f"infinite); lower --learning-rate (now {config.learning_rate:g}); "
@@ -519,7 +522,7 @@ def run_study(config: StudyConfig, out: Path, verbose=None, workers=1):
 
     progress("figures")
     figures = make_figures(out, config, trained, results["models"], x_test, y_test, x_test_noisy, evaluation,
-                           plots)
+                           plots, made)
     results["figures"] = figures
     results["total_seconds"] = round(results.get("total_seconds", 0.0) + progress.elapsed(), 1)
     write_json(results_path, results)
@@ -853,38 +856,60 @@ def render_sweep_report(config, results, figures):
     return "\n".join(sections)
 
 
-def make_figures(out, config, trained, finished, x_test, y_test, x_test_noisy, evaluation, plots):
-    """Every figure as PNG under ``out``; returns ``{key: file name}``."""
+def make_figures(out, config, trained, finished, x_test, y_test, x_test_noisy, evaluation, plots, made=None):
+    """Every figure as PNG under ``out``; returns ``{key: file name}``.
+
+    ``made``: ``{name: model_figures(...)}`` of models whose own figures were
+    made already (as each finished); the others' are made here.
+    """
+    made = dict(made or {})
+    for name, model in trained.items():
+        if name not in made:
+            made[name] = model_figures(out, config, name, model, x_test, y_test, x_test_noisy, evaluation, plots)
     figures = {"learning_curves": "learning_curves.png"}
     plots.plot_learning_curves({name: finished[name]["history"] for name in trained},
                                path=out / figures["learning_curves"])
-    chosen = plots.distinct_letter_indices(y_test, 10, seed=config.seed)
-    robustness_count = min(len(x_test), 1000)
-    robustness = {"noise_std": list(ROBUSTNESS_STDS), "noisy": []}
-    noisy_levels = [data_prepro.noise_addition(x_test[:robustness_count], float(std), seed=config.seed + 11)
-                    for std in ROBUSTNESS_STDS]
-    clean = x_test[:robustness_count]
-    robustness["noisy"] = [float(np.mean(evaluation.psnr(clean, noisy))) for noisy in noisy_levels]
-    for name, model in trained.items():
-        reconstructed = evaluation.reconstruct(model, x_test_noisy[chosen])
-        figures[f"reconstructions_{name}"] = f"reconstructions_{name}.png"
-        plots.plot_reconstructions(x_test[chosen], x_test_noisy[chosen], reconstructed, y_test[chosen],
-                                   title=name, path=out / figures[f"reconstructions_{name}"])
-        if model.variational:
-            figures[f"latent_sweep_{name}"] = f"latent_sweep_{name}.png"
-            plots.plot_latent_sweep(lambda z, m=model: evaluation.decode(m, z), model.latent_dim, n=15,
-                                    title=f"{name}: decoded latent grid", path=out / figures[f"latent_sweep_{name}"])
-        figures[f"latent_map_{name}"] = f"latent_map_{name}.png"
-        plots.plot_latent_map(evaluation.encode_mean(model, x_test_noisy), y_test,
-                              title=f"{name}: test set in latent space",
-                              path=out / figures[f"latent_map_{name}"])
-        robustness[name] = [float(np.mean(evaluation.psnr(clean, evaluation.reconstruct(model, noisy))))
-                            for noisy in noisy_levels]
+    clean, noisy_levels = _robustness_inputs(config, x_test)
+    robustness = {"noise_std": list(ROBUSTNESS_STDS),
+                  "noisy": [float(np.mean(evaluation.psnr(clean, noisy))) for noisy in noisy_levels]}
+    for name in trained:
+        own_figures, robustness[name] = made[name]
+        figures.update(own_figures)
     figures["comparison"] = "comparison.png"
     plots.plot_comparison({name: finished[name]["test"] for name in trained}, robustness,
                           path=out / figures["comparison"])
     write_json(out / "robustness.json", robustness)
     return figures
+
+
+def _robustness_inputs(config, x_test):
+    """The first (up to) 1,000 test letters and their noisy copies at each of ``ROBUSTNESS_STDS``."""
+    clean = x_test[:min(len(x_test), 1000)]
+    return clean, [data_prepro.noise_addition(clean, float(std), seed=config.seed + 11) for std in ROBUSTNESS_STDS]
+
+
+def model_figures(out, config, name, model, x_test, y_test, x_test_noisy, evaluation, plots):
+    """One model's own figures under ``out`` (reconstructions, its latent map and, for a VAE, a
+    decoded latent grid) and its robustness curve.
+
+    Returns ``({key: file name}, [mean PSNR of its reconstructions at each of ROBUSTNESS_STDS])``.
+    """
+    chosen = plots.distinct_letter_indices(y_test, 10, seed=config.seed)
+    figures = {f"reconstructions_{name}": f"reconstructions_{name}.png"}
+    reconstructed = evaluation.reconstruct(model, x_test_noisy[chosen])
+    plots.plot_reconstructions(x_test[chosen], x_test_noisy[chosen], reconstructed, y_test[chosen], title=name,
+                               path=out / figures[f"reconstructions_{name}"])
+    if model.variational:
+        figures[f"latent_sweep_{name}"] = f"latent_sweep_{name}.png"
+        plots.plot_latent_sweep(lambda z: evaluation.decode(model, z), model.latent_dim, n=15,
+                                title=f"{name}: decoded latent grid", path=out / figures[f"latent_sweep_{name}"])
+    figures[f"latent_map_{name}"] = f"latent_map_{name}.png"
+    plots.plot_latent_map(evaluation.encode_mean(model, x_test_noisy), y_test,
+                          title=f"{name}: test set in latent space", path=out / figures[f"latent_map_{name}"])
+    clean, noisy_levels = _robustness_inputs(config, x_test)
+    robustness = [float(np.mean(evaluation.psnr(clean, evaluation.reconstruct(model, noisy))))
+                  for noisy in noisy_levels]
+    return figures, robustness
 
 
 _TABLE = (("loss", "test loss", "{:.2f}"), ("reconstruction", "reconstruction", "{:.2f}"), ("kl", "KL", "{:.2f}"),
