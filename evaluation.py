@@ -260,7 +260,6 @@ def _iw_step(model, logits_model=None):
 LOGIT_BOUND = math.log((1 - PROBABILITY_CLIP) / PROBABILITY_CLIP)
 
 
-@tf.function(jit_compile=True)
 def log_likelihood_from_logits(clean, logits):
     """Bernoulli log-likelihood of K decodes per image from the decoder's logits.
 
@@ -279,12 +278,25 @@ def log_likelihood_from_logits(clean, logits):
 
     Args:
         clean: (B, P) float32 targets in [0, 1].
-        logits: (K * B, P), any float dtype, sample-major (row k * B + i is
-            sample k of image i); P divisible by 4.
+        logits: (K * B, P), or (K * B, ...) of P values each (a
+            convolutional decoder's (K * B, 28, 28, 1)), any float dtype,
+            sample-major (row k * B + i is sample k of image i); P a
+            multiple of 4.
 
     Returns:
         (K, B) float32 nats.
     """
+    clean, logits = tf.convert_to_tensor(clean), tf.convert_to_tensor(logits)
+    pixels = clean.shape[-1] if clean.shape.rank == 2 else None
+    if not pixels or pixels % 4 or logits.shape[1:].num_elements() != pixels:
+        raise ValueError(f"Expected clean of shape (B, P) and logits of shape (K * B, P) or (K * B, ...) of P values "
+                         f"each, P a multiple of 4. Received: clean.shape={tuple(clean.shape)}, "
+                         f"logits.shape={tuple(logits.shape)}")
+    return _log_likelihood_from_logits(clean, logits)
+
+
+@tf.function(jit_compile=True)
+def _log_likelihood_from_logits(clean, logits):
     batch = tf.shape(clean)[0]
     logits = tf.reshape(tf.cast(logits, tf.float32), (-1, batch, clean.shape[-1]))
     logits = tf.clip_by_value(logits, -LOGIT_BOUND, LOGIT_BOUND)

@@ -102,6 +102,15 @@ def test_the_likelihood_from_logits_keeps_the_digits_that_float32_probabilities_
     assert abs(from_probabilities[0] - expected[0]) > 0.1  # 0.21 nats off
 
 
+@pytest.mark.parametrize("clean_shape, logits_shape", [((2, 30), (4, 30)), ((2, 784), (4, 28, 27)),
+                                                      ((2, 28, 28), (4, 784))])
+def test_the_likelihood_from_logits_names_bad_shapes(clean_shape, logits_shape):
+    with pytest.raises(ValueError, match=r"^Expected clean of shape \(B, P\) and logits of shape \(K \* B, P\) or "
+                                         r"\(K \* B, \.\.\.\) of P values each, P a multiple of 4\. "
+                                         r"Received: clean\.shape=\(2, [\d, ]+\), logits\.shape=\(4, [\d, ]+\)$"):
+        evaluation.log_likelihood_from_logits(tf.zeros(clean_shape), tf.zeros(logits_shape))
+
+
 def test_a_bad_likelihood_precision(letters):
     _, x_val = letters
     with pytest.raises(ValueError, match=r"^Expected iw_precision to be one of \(None, 'float32', 'mixed_bfloat16'\)\. "
