@@ -187,6 +187,32 @@ def _ring_fields(ring, steps, count=100):
     return np.stack([draw().numpy().reshape(count, -1) for _ in range(steps)])
 
 
+def test_standard_normal_matches_the_normal_distribution():
+    import tensorflow as tf
+    from scipy import stats
+    values = training.standard_normal((500, 784), tf.constant([5, 1], tf.int64)).numpy()
+    assert values.shape == (500, 784) and values.dtype == np.float32
+    # Kolmogorov-Smirnov against N(0, 1) over 392,000 values: a wrong
+    # transform (say, a missing factor 2 under the root) fails by far.
+    assert stats.kstest(values.ravel(), "norm").pvalue > 1e-3
+    assert abs(np.mean(np.abs(values) > 3) - 0.0027) < 0.0005
+    # cos and sin halves are independent of each other.
+    flat = values.ravel()
+    assert abs(np.corrcoef(flat[:flat.size // 2], flat[flat.size // 2:])[0, 1]) < 0.01
+    assert np.abs(values).max() <= np.sqrt(-2 * np.log(2.0 ** -24)) + 1e-5
+    again = training.standard_normal((500, 784), tf.constant([5, 1], tf.int64)).numpy()
+    other = training.standard_normal((500, 784), tf.constant([5, 2], tf.int64)).numpy()
+    np.testing.assert_array_equal(values, again)
+    assert not np.array_equal(values, other)
+
+
+def test_standard_normal_needs_an_even_count():
+    import tensorflow as tf
+    with pytest.raises(ValueError, match=r"^Expected shape to hold an even number of values\. "
+                                         r"Received: shape=\(3, 5\)$"):
+        training.standard_normal((3, 5), tf.constant([0, 0], tf.int64))
+
+
 def test_noise_ring_fields_are_standard_normal_and_never_repeat():
     ring = training.NoiseRing(0.5, 100, seed=3)
     fields = _ring_fields(ring, 700)  # longer than a row lives (4096 / 13 = 315 steps)
