@@ -319,15 +319,37 @@ class FusedAdam(keras.optimizers.Adam):
     def update_step(self, gradient, variable, learning_rate):
         if self.amsgrad or isinstance(gradient, tf.IndexedSlices):
             return super().update_step(gradient, variable, learning_rate)
-        dtype = variable.dtype
-        index = self._get_variable_index(variable)
+        self._apply_adam(gradient, variable, self._step_scalars(variable.dtype, learning_rate))
+
+    def _backend_update_step(self, gradients, trainable_variables, learning_rate):
+        if tf.distribute.has_strategy() or self.amsgrad:
+            return super()._backend_update_step(gradients, trainable_variables, learning_rate)
+        # Without a distribution strategy Keras' route to update_step (a merge
+        # call, then each variable through an AutoGraph-wrapped function) gives
+        # the same kernels, and took a third of the time tracing a training
+        # step of arch3 took. The step's scalars are made once per dtype.
+        scalars = {}
+        for gradient, variable in zip(gradients, trainable_variables):
+            variable = variable.value if isinstance(variable, keras.Variable) else variable
+            if isinstance(gradient, tf.IndexedSlices):
+                super().update_step(gradient, variable, learning_rate)
+                continue
+            if variable.dtype not in scalars:
+                scalars[variable.dtype] = self._step_scalars(variable.dtype, learning_rate)
+            self._apply_adam(gradient, variable, scalars[variable.dtype])
+
+    def _step_scalars(self, dtype, learning_rate):
         step = ops.cast(self.iterations + 1, dtype)
         beta_1, beta_2 = ops.cast(self.beta_1, dtype), ops.cast(self.beta_2, dtype)
-        tf.raw_ops.ResourceApplyAdam(
-            var=variable.handle, m=self._momentums[index].handle, v=self._velocities[index].handle,
-            beta1_power=ops.power(beta_1, step), beta2_power=ops.power(beta_2, step),
-            lr=ops.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2,
-            epsilon=ops.cast(self.epsilon, dtype), grad=ops.cast(gradient, dtype))
+        return {"beta1_power": ops.power(beta_1, step), "beta2_power": ops.power(beta_2, step),
+                "lr": ops.cast(learning_rate, dtype), "beta1": beta_1, "beta2": beta_2,
+                "epsilon": ops.cast(self.epsilon, dtype)}
+
+    def _apply_adam(self, gradient, variable, scalars):
+        index = self._get_variable_index(variable)
+        tf.raw_ops.ResourceApplyAdam(var=variable.handle, m=self._momentums[index].handle,
+                                     v=self._velocities[index].handle, grad=ops.cast(gradient, variable.dtype),
+                                     **scalars)
 
 
 def default_shards():
@@ -449,6 +471,11 @@ def machine_key():
 
 
 TIMING_BLOCKS = 5
+# A precision more than this much slower than the other at one shard is not
+# timed at more shards. In every decision in benchmarks/results (two Xeons),
+# sharding sped the precisions up within a factor 1.24 of each other, and
+# no precision that was 1.3x slower at one shard won at two.
+PRECISION_MARGIN = 1.3
 
 
 def choose_path(model_key, prepare_timer, precision="auto", shards=None, cache_file=None, blocks=TIMING_BLOCKS):
@@ -464,14 +491,21 @@ def choose_path(model_key, prepare_timer, precision="auto", shards=None, cache_f
         cache_file: JSON file of earlier decisions (default
             ``data_prepro.package_cache_dir() / "fast_path.json"``); ``False`` for none, as
             ``DENOISING_VAE_NO_CACHE=1`` makes the default.
-        blocks: timed blocks per candidate.
+        blocks: timed blocks per candidate kept to the end (``blocks // 2`` in
+            the first round, at least one, and the rest in the second).
 
-    Every candidate is prepared first, then the blocks run in turn (A B C D
-    A B C D ...) and each candidate keeps its fastest block: a slow spell of
-    the machine costs every candidate alike, or only one block of one.
+    Preparing a candidate (tracing its step) costs far more than timing it,
+    so this goes in two rounds. First every precision at its fewest shards:
+    prepared, then ``blocks // 2`` blocks in turn (A B A B). A precision
+    more than ``PRECISION_MARGIN`` times slower than the fastest is dropped.
+    Then the kept precisions' other shard counts are prepared, and every
+    kept candidate runs the remaining blocks in turn (A C D A C D ...). Each
+    keeps its fastest block: a slow spell of the machine costs every
+    candidate alike, or only one block of one.
 
     Returns:
-        :class:`PathChoice`, the fastest candidate. A decision cached for the
+        :class:`PathChoice`, the fastest candidate timed; its ``step_ms``
+        names the candidates timed. A decision cached for the
         same model on the same machine and TensorFlow is reused; a cache
         made elsewhere is ignored, a damaged one rebuilt, an unwritable one
         skipped with a warning.
@@ -488,14 +522,27 @@ def choose_path(model_key, prepare_timer, precision="auto", shards=None, cache_f
         entry = entries[key]
         return PathChoice(entry["precision"], int(entry["shards"]), "cached", dict(entry["step_ms"]))
     started = time.perf_counter()
-    names = [f"{p}/{n}" for p, n in candidates]
-    timers = {name: prepare_timer(p, n) for name, (p, n) in zip(names, candidates)}
-    seconds = {name: [] for name in names}
-    for _ in range(blocks):
-        for name in names:
-            seconds[name].append(float(timers[name]()))
-    step_ms = {name: 1000 * min(values) for name, values in seconds.items()}
-    best = min(candidates, key=lambda c: step_ms[f"{c[0]}/{c[1]}"])
+    fewest = min(count for _, count in candidates)
+    first_round = [(p, n) for p, n in candidates if n == fewest]
+    timers = {candidate: prepare_timer(*candidate) for candidate in first_round}
+    seconds = {candidate: [] for candidate in first_round}
+
+    def run_blocks(count, timed):
+        for _ in range(count):
+            for candidate in timed:
+                seconds[candidate].append(float(timers[candidate]()))
+
+    run_blocks(max(1, blocks // 2), first_round)
+    best_first = min(min(seconds[c]) for c in first_round)
+    kept = {p for p, _ in first_round if min(seconds[(p, fewest)]) <= PRECISION_MARGIN * best_first}
+    second_round = [(p, n) for p, n in candidates if p in kept]
+    for candidate in second_round:
+        if candidate not in timers:
+            timers[candidate] = prepare_timer(*candidate)
+            seconds[candidate] = []
+    run_blocks(max(1, blocks - blocks // 2), second_round)
+    step_ms = {f"{p}/{n}": 1000 * min(seconds[(p, n)]) for p, n in candidates if (p, n) in seconds}
+    best = min(seconds, key=lambda c: min(seconds[c]))
     choice = PathChoice(*best, source="measured", step_ms={k: round(v, 3) for k, v in step_ms.items()},
                         decide_seconds=round(time.perf_counter() - started, 2))
     if path is not None:

@@ -14,6 +14,7 @@ computations ``fastpath.py``'s, test metrics ``evaluation.py``'s.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import dataclasses
 import hashlib
@@ -473,10 +474,12 @@ def choose_fast_path(architecture, latent_dim=2, *, beta=1.0, batch_size=100, pr
                      cache_file=None):
     """Precision and batch shards for training ``architecture`` here, timed or from the cache.
 
-    ``fastpath.choose_path`` with :func:`training_step_timer`: each
+    ``fastpath.choose_path`` with the steps of :func:`training_step_timer`: each
     candidate (``fastpath.candidate_paths``) trains the real model at
     ``batch_size`` with fresh noise, as the study does, in blocks of a few
-    steps taken in turn with the other candidates'.
+    steps taken in turn with the other candidates'. A candidate's first two
+    steps run in a background thread while the next candidate traces its
+    step; no block is timed before every first run has ended.
 
     The cache key includes :func:`step_code_key`: a decision timed on another
     version of the training step is timed again. Candidates of one precision
@@ -489,13 +492,21 @@ def choose_fast_path(architecture, latent_dim=2, *, beta=1.0, batch_size=100, pr
     model_key = {"architecture": architecture, "latent_dim": int(latent_dim), "batch_size": int(batch_size),
                  "step_code": step_code_key()}
     built = {}
+    warming_up = []
 
     def prepare_timer(candidate_precision, candidate_shards):
         if candidate_precision not in built:
             built[candidate_precision] = _timing_model(architecture, latent_dim, beta, batch_size, candidate_precision)
-        return training_step_timer(architecture, latent_dim, beta=beta, batch_size=batch_size,
-                                   precision=candidate_precision, shards=candidate_shards,
-                                   model=built[candidate_precision])
+        warm_up, timer = _step_timer(built[candidate_precision], candidate_shards, batch_size)
+        # A step's first run is mostly TensorFlow optimizing its graph, in C++ without
+        # Python's lock: it runs in the background while the next candidate traces.
+        warming_up.append(background.submit(warm_up))
+
+        def timer_after_warm_ups():
+            while warming_up:  # no block is timed beside another candidate's first run
+                warming_up.pop().result()
+            return timer()
+        return timer_after_warm_ups
 
     # Each candidate traces a step of its own on purpose; TensorFlow's logger
     # would call that "excessive retracing" from the fifth on.
@@ -503,8 +514,9 @@ def choose_fast_path(architecture, latent_dim=2, *, beta=1.0, batch_size=100, pr
     level = logger.level
     logger.setLevel("ERROR")
     try:
-        return fastpath.choose_path(model_key, prepare_timer, precision=precision, shards=shards,
-                                    cache_file=cache_file)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fast-path-warm-up") as background:
+            return fastpath.choose_path(model_key, prepare_timer, precision=precision, shards=shards,
+                                        cache_file=cache_file)
     finally:
         logger.setLevel(level)
 
@@ -544,12 +556,23 @@ def training_step_timer(architecture, latent_dim=2, *, beta=1.0, batch_size=100,
     """
     if model is None:
         model = _timing_model(architecture, latent_dim, beta, batch_size, precision)
+    warm_up, timer = _step_timer(model, shards, batch_size, steps)
+    warm_up()
+    return timer
+
+
+def _step_timer(model, shards, batch_size, steps=8):
+    """``(warm_up, timer)`` for ``model``'s step traced with ``shards``: ``warm_up()``
+    runs it twice (the first run optimizes the graph), ``timer()`` as in :func:`training_step_timer`."""
     model.shards = shards  # read while tracing the step below
     index = tf.range(batch_size, dtype=tf.int64)
     # No autograph: the step has no tensor-dependent Python control flow, and converting it costs a second.
     step = tf.function(model.train_step, autograph=False)
-    for _ in range(2):
-        step(index)
+    step.get_concrete_function(index)
+
+    def warm_up():
+        for _ in range(2):
+            step(index)
 
     def timer():
         started = time.perf_counter()
@@ -558,5 +581,4 @@ def training_step_timer(architecture, latent_dim=2, *, beta=1.0, batch_size=100,
         float(logs["loss"])  # wait for the last step
         return (time.perf_counter() - started) / steps
 
-    return timer
-
+    return warm_up, timer
