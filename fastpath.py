@@ -500,12 +500,14 @@ def choose_path(model_key, prepare_timer, precision="auto", shards=None, cache_f
     more than ``PRECISION_MARGIN`` times slower than the fastest is dropped.
     Then the kept precisions' other shard counts are prepared, and every
     kept candidate runs the remaining blocks in turn (A C D A C D ...). Each
-    keeps its fastest block: a slow spell of the machine costs every
-    candidate alike, or only one block of one.
+    keeps its fastest block of that round, and the fastest candidate wins:
+    a slow spell of the machine costs every candidate alike, or only one
+    block of one.
 
     Returns:
         :class:`PathChoice`, the fastest candidate timed; its ``step_ms``
-        names the candidates timed. A decision cached for the
+        names the candidates timed (their fastest block of the last round
+        they ran in). A decision cached for the
         same model on the same machine and TensorFlow is reused; a cache
         made elsewhere is ignored, a damaged one rebuilt, an unwritable one
         skipped with a warning.
@@ -525,24 +527,27 @@ def choose_path(model_key, prepare_timer, precision="auto", shards=None, cache_f
     fewest = min(count for _, count in candidates)
     first_round = [(p, n) for p, n in candidates if n == fewest]
     timers = {candidate: prepare_timer(*candidate) for candidate in first_round}
-    seconds = {candidate: [] for candidate in first_round}
 
     def run_blocks(count, timed):
+        seconds = {candidate: [] for candidate in timed}
         for _ in range(count):
             for candidate in timed:
                 seconds[candidate].append(float(timers[candidate]()))
+        return {candidate: min(values) for candidate, values in seconds.items()}
 
-    run_blocks(max(1, blocks // 2), first_round)
-    best_first = min(min(seconds[c]) for c in first_round)
-    kept = {p for p, _ in first_round if min(seconds[(p, fewest)]) <= PRECISION_MARGIN * best_first}
+    first = run_blocks(max(1, blocks // 2), first_round)
+    kept = {p for (p, _), best in first.items() if best <= PRECISION_MARGIN * min(first.values())}
     second_round = [(p, n) for p, n in candidates if p in kept]
     for candidate in second_round:
         if candidate not in timers:
             timers[candidate] = prepare_timer(*candidate)
-            seconds[candidate] = []
-    run_blocks(max(1, blocks - blocks // 2), second_round)
-    step_ms = {f"{p}/{n}": 1000 * min(seconds[(p, n)]) for p, n in candidates if (p, n) in seconds}
-    best = min(seconds, key=lambda c: min(seconds[c]))
+    # The choice compares second-round blocks only: the same number for every
+    # candidate, taken in turn. A first-round block from a quieter moment
+    # would otherwise favour the candidates timed in both rounds.
+    second = run_blocks(max(1, blocks - blocks // 2), second_round)
+    fastest = {**first, **second}
+    step_ms = {f"{p}/{n}": 1000 * fastest[(p, n)] for p, n in candidates if (p, n) in fastest}
+    best = min(second, key=second.get)
     choice = PathChoice(*best, source="measured", step_ms={k: round(v, 3) for k, v in step_ms.items()},
                         decide_seconds=round(time.perf_counter() - started, 2))
     if path is not None:

@@ -340,6 +340,21 @@ def test_candidates_are_timed_in_turn_and_keep_their_fastest_block(tmp_path, two
     assert choice.step_ms == {"float32/1": 10.0, "float32/2": 6.0, "mixed_bfloat16/1": 9.0, "mixed_bfloat16/2": 8.0}
 
 
+def test_the_choice_compares_blocks_of_one_round(tmp_path, two_cores_with_bfloat16):
+    # A quiet first round, then a slow spell over the whole second: one shard's
+    # first-round block must not beat two shards' second-round ones.
+    rounds = {("float32", 1): [0.0082, 0.0085, 0.0100, 0.0102, 0.0101], ("mixed_bfloat16", 1): [0.0053, 0.0055, 0.0066,
+              0.0069, 0.0067], ("mixed_bfloat16", 2): [0.0056, 0.0057, 0.0058]}
+
+    def prepare(precision, shards):
+        blocks = iter(rounds[(precision, shards)])
+        return lambda: next(blocks)
+
+    choice = fastpath.choose_path({"architecture": "arch1"}, prepare, cache_file=tmp_path / "c.json", blocks=5)
+    assert (choice.precision, choice.shards) == ("mixed_bfloat16", 2)
+    assert choice.step_ms == {"float32/1": 8.2, "mixed_bfloat16/1": 6.6, "mixed_bfloat16/2": 5.6}
+
+
 def test_a_precision_much_slower_at_one_shard_is_not_traced_at_more(tmp_path, two_cores_with_bfloat16):
     # arch3 on the model-167 Xeon (ms per step): float32 is 1.6x slower at one shard.
     table = {("float32", 1): 0.0119, ("float32", 2): 0.0093, ("mixed_bfloat16", 1): 0.0075,
