@@ -472,9 +472,9 @@ def machine_key():
 
 TIMING_BLOCKS = 5
 # A precision more than this much slower than the other at one shard is not
-# timed at more shards. In every decision in benchmarks/results (two Xeons),
-# sharding sped the precisions up within a factor 1.24 of each other, and
-# no precision that was 1.3x slower at one shard won at two.
+# timed at more shards. Of the 45 decisions in benchmarks/results (two Xeons),
+# 17 had a precision that much slower; none of those won at two shards (its
+# sharding gain was at most 1.23x the other precision's best).
 PRECISION_MARGIN = 1.3
 
 
