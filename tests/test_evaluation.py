@@ -7,6 +7,7 @@ import tensorflow as tf
 
 import data_prepro
 import evaluation
+import fastpath
 import models
 from conftest import EXPECTED_PARAMS, numpy_kl, numpy_reconstruction
 
@@ -139,7 +140,8 @@ def test_likelihood_estimate_does_not_depend_on_the_decoding_chunks(letters, mon
     noisy = data_prepro.noise_addition(x_val[:60], 0.5, seed=0)
     model = models.build_model("arch3", seed=0)
     whole = evaluation.evaluate(model, noisy, x_val[:60], batch_size=30, seed=3, iw_samples=12)
-    monkeypatch.setattr(evaluation, "IW_DECODES_PER_CALL", 150)  # 5 samples per call: chunks of 5, 5 and 2
+    # 150 decodes per call in all (5 samples of 30 images, on 1 or 2 shards): chunks of 5, 5 and 2 samples.
+    monkeypatch.setattr(evaluation, "IW_DECODES_PER_SHARD", 150 // fastpath.default_shards())
     chunked = evaluation.evaluate(model, noisy, x_val[:60], batch_size=30, seed=3, iw_samples=12)
     assert chunked["log_likelihood"] == pytest.approx(whole["log_likelihood"], rel=1e-6)
     assert chunked["loss"] == whole["loss"]
