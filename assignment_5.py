@@ -503,19 +503,31 @@ def run_study(config: StudyConfig, out: Path, verbose=None, workers=1):
         finishing = _train_on_workers(pending, config, out, data_name, workers, progress)
     else:
         finishing = (train_and_test(name, index, config, out, (x_train, x_test, x_test_noisy), progress, verbose)
-                     for index, name in pending)
-    made = {}  # each model's own figures, made as it finishes: in workers, while the others still train
+                     + (0,) for index, name in pending)
+    # Each model's own figures are made in this process once a core is free of
+    # training: drawn beside two training workers on two cores, they would slow
+    # both. With workers, that is when the first chain of models has ended.
+    made, waiting = {}, []
     try:
-        for name, entry, model in finishing:
+        for name, entry, model, still_training in finishing:
             results["models"][name] = entry
             write_json(results_path, results)
-            trained[name] = model if model is not None else models.load_model(out / f"{name}.keras")
-            made[name] = model_figures(out, config, name, trained[name], x_test, y_test, x_test_noisy, evaluation,
-                                       plots)
+            if model is not None:
+                trained[name] = model
+            waiting.append(name)
+            while waiting and still_training < workers:
+                drawn = waiting.pop(0)
+                if drawn not in trained:
+                    trained[drawn] = models.load_model(out / f"{drawn}.keras")
+                made[drawn] = model_figures(out, config, drawn, trained[drawn], x_test, y_test, x_test_noisy,
+                                            evaluation, plots)
     except training.NonFiniteLossError as error:
         raise UsageError(f"{error.model}: training diverged in epoch {error.epoch} (the loss became NaN or "
                          f"infinite); lower --learning-rate (now {config.learning_rate:g}); "
                          f"{len(results['models'])} finished models are kept in {results_path}") from None
+    for name in waiting:  # their figures are made with the others' below
+        if name not in trained:
+            trained[name] = models.load_model(out / f"{name}.keras")
     # Config order, whatever order the models finished in.
     results["models"] = {name: results["models"][name] for name in config.models}
     trained = {name: trained[name] for name in config.models}
@@ -628,7 +640,8 @@ def train_in_worker(name, index, config_fields, out, data_name, after=None):
 
 def _train_on_workers(pending, config, out, data_name, workers, progress):
     """Train the ``pending`` ``(index, name)`` models side by side in ``workers`` worker processes of a
-    Dask LocalCluster; yield ``(name, entry, None)`` as each finishes (its model is saved in ``out``).
+    Dask LocalCluster; yield ``(name, entry, None, still_training)`` as each finishes (its model is
+    saved in ``out``), ``still_training`` the models then training (one per unfinished chain).
 
     Each model's epochs are reported as they end (from its ``history.csv``). Dask
     reruns a model whose worker died, and the rerun resumes from its checkpoint.
@@ -654,13 +667,14 @@ def _train_on_workers(pending, config, out, data_name, workers, progress):
 
     chains = balanced_chains(pending, workers)
     with sweep.dask_client(workers, None) as client:
-        futures = {}
-        for chain in chains:
+        futures, chain_of = {}, {}
+        for chain_index, chain in enumerate(chains):
             previous = None
             for index, name in chain:
                 previous = client.submit(task, name, index, fields, str(out), data_name, previous, pure=False,
                                          retries=1, key=f"study-{name}-{uuid.uuid4().hex[:8]}")
                 futures[previous] = name
+                chain_of[previous] = chain_index
         cores = sweep.cores_per_worker(workers)
         order = "; ".join(" then ".join(name for _, name in chain) for chain in chains)
         progress(f"training side by side in {workers} worker processes (a Dask LocalCluster, "
@@ -685,7 +699,7 @@ def _train_on_workers(pending, config, out, data_name, workers, progress):
                     error = training.NonFiniteLossError(outcome["diverged"], epoch=outcome["epoch"])
                     error.model = name
                     raise error
-                yield name, outcome["entry"], None
+                yield name, outcome["entry"], None, len({chain_of[other] for other in running})
 
 
 def run_sweep(config: StudyConfig, out: Path, *, workers=1, scheduler=None):

@@ -199,6 +199,37 @@ def test_models_are_split_into_balanced_chains_one_per_worker():
     assert assignment_5.balanced_chains(pending[:1], 1) == [[(0, "arch1")]]
 
 
+def test_with_workers_a_models_figures_wait_for_a_core_free_of_training(tmp_path, monkeypatch):
+    finished, drawn = [], []
+    train_on_workers, model_figures = assignment_5._train_on_workers, assignment_5.model_figures
+
+    def recording_train(*args, **kwargs):
+        for item in train_on_workers(*args, **kwargs):
+            finished.append((item[0], item[3]))
+            yield item
+
+    def recording_figures(out, config, name, *args):
+        drawn.append((name, len(finished)))
+        return model_figures(out, config, name, *args)
+
+    monkeypatch.setattr(assignment_5, "_train_on_workers", recording_train)
+    monkeypatch.setattr(assignment_5, "model_figures", recording_figures)
+    names = ["arch1", "arch2", "ae"]
+    flags = SMALL + ["--models", ",".join(names), "--precision", "float32", "--workers", "2"]
+    assert assignment_5.main(flags + ["--out", str(tmp_path / "run")]) == 0
+    # Each finish reports the chains (one per worker) that still have a model to train.
+    chains = assignment_5.balanced_chains(list(enumerate(names)), 2)
+    assert chains == [[(0, "arch1"), (1, "arch2")], [(2, "ae")]]
+    done = []
+    for name, still_training in finished:
+        done.append(name)
+        assert still_training == sum(any(n not in done for _, n in chain) for chain in chains)
+    # No model's figures are drawn while both workers train, and each model's once.
+    first_free = next(position for position, (_, still) in enumerate(finished, 1) if still < 2)
+    assert sorted(name for name, _ in drawn) == sorted(names)
+    assert all(position >= first_free for _, position in drawn)
+
+
 def test_a_model_diverging_in_a_worker_stops_the_run_with_one_line(tmp_path, capsys):
     out = tmp_path / "run"
     flags = SMALL + ["--models", "arch2,ae", "--precision", "float32", "--learning-rate", "1e9", "--workers", "2"]
