@@ -874,7 +874,7 @@ def make_figures(out, config, trained, finished, x_test, y_test, x_test_noisy, e
     """Every figure as PNG under ``out``; returns ``{key: file name}``.
 
     ``made``: ``{name: model_figures(...)}`` of models whose own figures were
-    made already (as each finished); the others' are made here.
+    made already (in :func:`run_study`, once a core was free of training); the others' are made here.
     """
     made = dict(made or {})
     for name, model in trained.items():
