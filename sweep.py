@@ -20,6 +20,7 @@ import csv
 import dataclasses
 import importlib.util
 import json
+import logging
 import math
 import os
 import signal
@@ -195,24 +196,36 @@ def _exit_quietly(signum, frame):
     os._exit(128 + signum)
 
 
-def quiet_interrupts_plugin():
-    """A Dask worker plugin: Ctrl-C ends a worker process at once and without a traceback.
+class ShutdownRaceFilter(logging.Filter):
+    """Drops the one error a local worker can print as its cluster closes: Dask ends
+    the scheduler before the workers, and a heartbeat under way meets a closed
+    connection ("Failed to communicate with scheduler during heartbeat")."""
+
+    def filter(self, record):
+        return not record.getMessage().startswith("Failed to communicate with scheduler during heartbeat")
+
+
+def quiet_workers_plugin():
+    """A Dask worker plugin for this machine's LocalCluster: Ctrl-C ends a worker process at
+    once and without a traceback, and the close's heartbeat race prints nothing
+    (:class:`ShutdownRaceFilter`).
 
     Its client stops the run; the worker's checkpoints are written atomically,
     so an epoch cut short costs only itself (as a killed worker does).
     """
     from distributed.diagnostics.plugin import WorkerPlugin
 
-    class QuietInterrupts(WorkerPlugin):
-        name = "quiet-interrupts"
+    class QuietWorkers(WorkerPlugin):
+        name = "quiet-workers"
 
         def setup(self, worker):
+            logging.getLogger("distributed.worker").addFilter(ShutdownRaceFilter())
             try:
                 signal.signal(signal.SIGINT, _exit_quietly)
             except ValueError:  # not the process's main thread: leave the worker as it is
                 pass
 
-    return QuietInterrupts()
+    return QuietWorkers()
 
 
 class dask_client:
@@ -245,7 +258,7 @@ class dask_client:
         finally:
             signal.signal(signal.SIGINT, previous)
         self.client = Client(self.cluster)
-        self.client.register_plugin(quiet_interrupts_plugin())
+        self.client.register_plugin(quiet_workers_plugin())
         return self.client
 
     def __exit__(self, *exc):

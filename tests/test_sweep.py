@@ -1,6 +1,7 @@
 """sweep.py and the sweep flags: cells, summaries, a LocalCluster sweep, a killed worker, a real scheduler."""
 import csv
 import json
+import logging
 import os
 import signal
 import socket
@@ -219,3 +220,18 @@ def test_sweep_on_a_real_scheduler_survives_a_killed_worker(tmp_path, dask_clust
     resumed = next(cell for cell in results["cells"] if cell["name"] == killed)
     assert resumed["resumed_from"] >= 1 and resumed["epochs"] == 5  # continued, not restarted
     assert len(resumed["history"]["loss"]) == 5
+
+
+def test_local_workers_drop_only_the_heartbeat_error_of_a_closing_cluster():
+    race = sweep.ShutdownRaceFilter()
+
+    def record(message):
+        return logging.LogRecord("distributed.worker", logging.ERROR, __file__, 1, message, None, None)
+
+    assert not race.filter(record("Failed to communicate with scheduler during heartbeat."))
+    assert race.filter(record("Compute Failed"))
+    assert race.filter(record("Failed to communicate with scheduler: %s"))
+    with sweep.dask_client(2, None) as client:  # each worker of the LocalCluster has it
+        has_filter = client.run(lambda: [type(f).__name__ for f in __import__("logging").getLogger(
+            "distributed.worker").filters].count("ShutdownRaceFilter"))
+    assert list(has_filter.values()) == [1, 1]
