@@ -44,7 +44,6 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 DEFAULT_ANCHORS = REPO.parent / "shared" / "bench"
 
 
@@ -57,22 +56,25 @@ def ours(arch, n, epochs, precision="auto", noise="fixed"):
     """
     code = f"""
 import json, sys, time
-sys.path.insert(0, {str(REPO)!r})
-import numpy as np, fastpath, models, training, keras, tensorflow as tf
+from denoising_vae.core.runtime import start_tensorflow
+start_tensorflow()
+import numpy as np, keras, tensorflow as tf
+from denoising_vae.models import fused, vae
+from denoising_vae.training import inputs, step_timing
 rng = np.random.default_rng(0)
 x = (rng.random(({n}, 28, 28, 1)) > 0.8).astype("float32")   # the anchors' data
-path = training.choose_fast_path("arch{arch}", precision={precision!r})  # as the study does
-model = models.build_model("arch{arch}", seed=0, precision=path.precision)
+path = step_timing.choose_fast_path("arch{arch}", precision={precision!r})  # as the study does
+model = vae.build_model("arch{arch}", seed=0, precision=path.precision)
 model.shards = path.shards
-model.compile(optimizer=fastpath.FusedAdam(1e-3),             # as training.train_model does
-              steps_per_execution=training.default_steps_per_execution({n} // 100))
+model.compile(optimizer=fused.FusedAdam(1e-3),             # as train_model does
+              steps_per_execution=inputs.default_steps_per_execution({n} // 100))
 if {noise!r} == "fresh":
     model.train_noise_std = 0.5                               # fresh noise inside the step,
-    model.resident_data = training.ResidentData(x, noise_std=0.5, batch_size=100)  # as train_model draws it
+    model.resident_data = inputs.ResidentData(x, noise_std=0.5, batch_size=100)  # as train_model draws it
 else:                                                         # the anchors' noisy copy
     noisy = np.clip(x + rng.normal(0, 0.5, x.shape).astype("float32"), 0, 1)
-    model.resident_data = training.ResidentData(noisy, x)
-data = training.index_dataset({n}, 100, shuffle_seed=0)
+    model.resident_data = inputs.ResidentData(noisy, x)
+data = inputs.index_dataset({n}, 100, shuffle_seed=0)
 times = []
 class Timer(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None): self.start = time.perf_counter()
@@ -80,7 +82,7 @@ class Timer(keras.callbacks.Callback):
 history = model.fit(data, epochs={epochs}, verbose=0, shuffle=False, callbacks=[Timer()])
 device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
 print(json.dumps({{"seconds_per_epoch": sum(times[1:]) / len(times[1:]), "epochs": times, "shards": model.shards,
-                  "precision": models.precision_of(model), "device": device, "path_source": path.source,
+                  "precision": vae.precision_of(model), "device": device, "path_source": path.source,
                   "path_step_ms": path.step_ms, "path_decide_seconds": path.decide_seconds,
                   "final_loss": history.history["loss"][-1]}}))
 """
@@ -100,23 +102,26 @@ def noise_cost(arch, rounds=20, steps=48):
     """
     code = f"""
 import json, sys, time
-sys.path.insert(0, {str(REPO)!r})
-import numpy as np, fastpath, models, training, tensorflow as tf
+from denoising_vae.core.runtime import start_tensorflow
+start_tensorflow()
+import numpy as np, keras, tensorflow as tf
+from denoising_vae.models import fused, vae
+from denoising_vae.training import inputs, step_timing
 rng = np.random.default_rng(0)
 x = (rng.random((2000, 28, 28, 1)) > 0.8).astype("float32")
 noisy = np.clip(x + rng.normal(0, 0.5, x.shape).astype("float32"), 0, 1)
-path = training.choose_fast_path("arch{arch}")
+path = step_timing.choose_fast_path("arch{arch}")
 index = tf.constant(np.random.default_rng(1).permutation(2000)[:100].astype("int64"))
 def prepared(fresh):
-    model = models.build_model("arch{arch}", seed=0, precision=path.precision)
+    model = vae.build_model("arch{arch}", seed=0, precision=path.precision)
     model.shards = path.shards
-    model.compile(optimizer=fastpath.FusedAdam(1e-3))
+    model.compile(optimizer=fused.FusedAdam(1e-3))
     model.optimizer.build(model.trainable_variables)
     if fresh:
         model.train_noise_std = 0.5
-        model.resident_data = training.ResidentData(x, noise_std=0.5, batch_size=100)
+        model.resident_data = inputs.ResidentData(x, noise_std=0.5, batch_size=100)
     else:
-        model.resident_data = training.ResidentData(noisy, x)
+        model.resident_data = inputs.ResidentData(noisy, x)
     step = tf.function(model.train_step, autograph=False)
     @tf.function(autograph=False)
     def block():
@@ -165,22 +170,21 @@ def load_times():
     """Cold and warm load times of the full synthetic set and of a full-size EMNIST-layout archive."""
     import numpy as np
 
-    import data_prepro
-    import synthetic_letters
+    from denoising_vae.data import sources, synthetic
 
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         cache = Path(folder) / "cache"
         for state in ("cold", "warm"):
             start = time.perf_counter()
-            data_prepro.input_read("synthetic", cache_dir=cache)
+            sources.input_read("synthetic", cache_dir=cache)
             results[f"synthetic_full_{state}_s"] = round(time.perf_counter() - start, 3)
         # NIST's balanced split has 112,800 train and 18,800 test images over 47 labels.
         archive = Path(folder) / "gzip.zip"
         with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zipped:
             for usage, count in (("train", 112_800), ("test", 18_800)):
                 labels = np.repeat(np.arange(47, dtype=np.uint8), count // 47)
-                images = synthetic_letters.synthetic_letters(labels % 26, (9, count))
+                images = synthetic.synthetic_letters(labels % 26, (9, count))
                 header = bytes([0, 0, 8, 3]) + b"".join(int(d).to_bytes(4, "big") for d in images.shape)
                 zipped.writestr(f"gzip/emnist-balanced-{usage}-images-idx3-ubyte.gz",
                                 gzip.compress(header + images.tobytes(), compresslevel=6))
@@ -190,7 +194,7 @@ def load_times():
         shutil.rmtree(cache / "prepared", ignore_errors=True)
         for state in ("cold", "warm"):
             start = time.perf_counter()
-            (x, _), (xt, _) = data_prepro.input_read(archive, cache_dir=cache)
+            (x, _), (xt, _) = sources.input_read(archive, cache_dir=cache)
             results[f"emnist_layout_full_{state}_s"] = round(time.perf_counter() - start, 3)
         results["emnist_layout_full_images"] = [len(x), len(xt)]
     return results
@@ -246,14 +250,16 @@ def training_flops_per_image(name):
     inputs and of the weights, each as costly as the forward; Kaplan et al.
     2020). Pooling, activations, noise and the optimizer are left out.
     """
-    import models
+    from keras import layers
 
-    model = models.build_model(name)
+    from denoising_vae.models import vae
+
+    model = vae.build_model(name)
     forward = 0
     for layer in model.encoder.layers + model.decoder.layers:
-        if isinstance(layer, models.layers.Dense):
+        if isinstance(layer, layers.Dense):
             forward += 2 * layer.kernel.shape[0] * layer.kernel.shape[1]
-        elif isinstance(layer, models.layers.Conv2D):
+        elif isinstance(layer, layers.Conv2D):
             out_h, out_w = layer.output.shape[1:3]
             kh, kw, cin, cout = layer.kernel.shape
             forward += 2 * out_h * out_w * kh * kw * cin * cout

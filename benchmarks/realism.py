@@ -36,12 +36,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def classifier(keras):
@@ -74,7 +72,7 @@ def real_capitals(archive, usages=("train", "test")):
     """The capitals of ``archive``'s splits ``usages``: float32 (N, 28, 28, 1) in [0, 1], int64 (N,)."""
     import numpy as np
 
-    from data_prepro import read_emnist_capitals
+    from denoising_vae.data import read_emnist_capitals
 
     parts = [read_emnist_capitals(archive, usage) for usage in usages]
     images = np.concatenate([images for images, _ in parts]).astype(np.float32)[..., None] / 255
@@ -113,12 +111,13 @@ def measure(archive, train_size=20800, seed=1, epochs=8):
     """Train on synthetic letters, test on ``archive``'s real capitals; returns the JSON-ready dict."""
     os.environ["DENOISING_VAE_NO_CACHE"] = "1"  # time the generator itself, not a cached copy
     x_real, y_real = real_capitals(archive)  # first: a bad archive fails before any training
-    from data_prepro import LETTERS, input_read
+    from denoising_vae.core.constants import LETTERS
+    from denoising_vae.data import input_read
 
     started = time.perf_counter()
     (x_train, y_train), (x_held, y_held) = input_read("synthetic", train_size=train_size, test_size=1040, seed=seed)
     generate_seconds = time.perf_counter() - started
-    from startup import start_tensorflow
+    from denoising_vae.core.runtime import start_tensorflow
 
     start_tensorflow()
 
@@ -138,8 +137,8 @@ def measure_reference(archive, seed=0, epochs=8):
     """Train on ``archive``'s training capitals (Keras seed ``seed``), test on its test capitals."""
     x_train, y_train = real_capitals(archive, ("train",))
     x_test, y_test = real_capitals(archive, ("test",))
-    from data_prepro import LETTERS
-    from startup import start_tensorflow
+    from denoising_vae.core.constants import LETTERS
+    from denoising_vae.core.runtime import start_tensorflow
 
     start_tensorflow()
     started = time.perf_counter()

@@ -23,10 +23,11 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-import fastpath
-from data_prepro import as_model_input, check_images, check_pair, check_positive_int
-from models import (PIXELS, PROBABILITY_CLIP, as_float32, bernoulli_log_likelihood, kl_divergence, pixel_accuracy,
-                    precision_of, reconstruction_loss, with_precision)
+from .core.checks import as_model_input, check_images, check_pair, check_positive_int
+from .models import fast_path
+from .models.losses import (PIXELS, PROBABILITY_CLIP, bernoulli_log_likelihood, kl_divergence, pixel_accuracy,
+                            reconstruction_loss)
+from .models.vae import as_float32, precision_of, with_precision
 
 
 # One compiled function per model and part, made on first use: Keras' predict
@@ -135,7 +136,7 @@ def evaluate(model, x_noisy, x_clean, *, batch_size=500, seed=0, iw_samples=None
         if variational:
             # The K samples go through the decoder a chunk at a time (memory stays
             # bounded); log-sum-exps of chunks combine exactly into the whole one.
-            chunk = max(1, IW_DECODES_PER_SHARD * fastpath.default_shards() // len(clean))
+            chunk = max(1, IW_DECODES_PER_SHARD * fast_path.default_shards() // len(clean))
             parts = [np.asarray(iw_step(z_mean, z_log_var, clean, epsilon[1 + first:1 + first + chunk]), np.float64)
                      for first in range(0, iw_samples, chunk)]
             sums["log_likelihood"] += float(np.sum(np.logaddexp.reduce(parts, axis=0) - math.log(iw_samples)))
@@ -229,9 +230,9 @@ def _iw_step(model, logits_model=None):
     Bernoulli likelihood from them in float32.
 
     Decoding the K x B samples is most of an evaluation's time; the images run
-    as ``fastpath.default_shards()`` independent slices, one per core.
+    as ``fast_path.default_shards()`` independent slices, one per core.
     """
-    shards = fastpath.default_shards()
+    shards = fast_path.default_shards()
     log_two_pi = math.log(2 * math.pi)
     decoder = model if logits_model is None else logits_model
 

@@ -15,7 +15,8 @@ import numpy as np
 from matplotlib import colors as mcolors
 from matplotlib.figure import Figure
 
-from data_prepro import LETTERS
+from .core import files
+from .core.constants import LETTERS
 
 # 26 distinguishable colours: matplotlib's tab20 followed by six of Dark2.
 _TAB20 = [mcolors.to_hex(c) for c in
@@ -29,10 +30,11 @@ _CURVES = (("loss", "loss (nats per image)"), ("accuracy", "pixel accuracy"),
 
 
 def _finish(figure, path):
+    """Save ``figure`` to ``path`` (when given) whole or not at all; return it."""
     if path is not None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=110, bbox_inches="tight")
+        with files.replacing(path, suffix=path.suffix) as partial:
+            figure.savefig(partial, dpi=110, bbox_inches="tight")
     return figure
 
 
@@ -50,7 +52,7 @@ def plot_learning_curves(histories, path=None):
     Args:
         histories: ``{model name: history}``, each history mapping ``loss``,
             ``accuracy``, ``reconstruction``, ``kl`` and their ``val_``
-            versions to per-epoch lists (as ``models.TrainingResult.history``).
+            versions to per-epoch lists (as ``training.TrainingResult.history``).
         path: where to save the PNG, or ``None``.
 
     Returns:

@@ -1,7 +1,11 @@
-"""Shared fixtures: a hermetic environment and a tiny NIST-layout EMNIST archive."""
+"""Shared fixtures: a hermetic environment, a tiny NIST-layout EMNIST archive, real Dask clusters."""
+import contextlib
 import gzip
 import os
+import signal
 import socket
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -11,7 +15,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 
-import data_prepro
+from denoising_vae.core import constants, runtime
+from denoising_vae.data import download, sources
+
+# The package's thread options and a quiet start, before any test module imports TensorFlow.
+runtime.start_tensorflow()
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_ZIP = REPO.parent / "shared" / "data" / "emnist-sample.zip"
@@ -32,7 +40,7 @@ def _make_hermetic(patch, home, tmp_path_factory):
     patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "shared-cache"))
     patch.delenv("EMNIST_PATH", raising=False)
     unreachable = closed_port_url()
-    patch.setattr(data_prepro, "download_urls", lambda: [unreachable])
+    patch.setattr(download, "download_urls", lambda: [unreachable])
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -51,11 +59,10 @@ def decided_fast_paths(hermetic_session, tmp_path_factory):
 
     Deciding by timing costs 5-9 s per model and precision; which path runs
     never changes a result, so tests that are not about the decision skip
-    it. ``test_fastpath.py`` times the real model and tests the decision logic.
+    it. ``test_fast_path.py`` times the real model and tests the decision logic.
     """
-    import fastpath
-    import models
-    import training
+    from denoising_vae.models import fast_path
+    from denoising_vae.training import step_timing
 
     cache_file = tmp_path_factory.getbasetemp() / "shared-cache" / "denoising_vae" / "fast_path.json"
     # For this process's cores and for a worker process's share (one core of a
@@ -63,10 +70,10 @@ def decided_fast_paths(hermetic_session, tmp_path_factory):
     patch = pytest.MonkeyPatch()
     for cores in sorted({os.environ.get("TF_NUM_INTEROP_THREADS", str(os.cpu_count() or 1)), "1"}):
         patch.setenv("TF_NUM_INTEROP_THREADS", cores)
-        for architecture in models.ARCHITECTURES:
+        for architecture in constants.ARCHITECTURES:
             for precision in ("auto", "float32"):
-                fastpath.choose_path({"architecture": architecture, "latent_dim": 2, "batch_size": 100,
-                                      "step_code": training.step_code_key()},
+                fast_path.choose_path({"architecture": architecture, "latent_dim": 2, "batch_size": 100,
+                                      "step_code": step_timing.step_code_key()},
                                      lambda candidate, shards: lambda: 1.0 / shards + (candidate != "float32"),
                                      precision=precision, cache_file=cache_file)
     patch.undo()
@@ -152,6 +159,83 @@ def numpy_kl(mean, log_var):
 @pytest.fixture(scope="module")
 def letters():
     """Small synthetic train and validation sets, (N, 28, 28, 1) float32."""
-    (x, _), (xt, _) = data_prepro.input_read("synthetic", train_size=300, test_size=100, seed=0,
+    (x, _), (xt, _) = sources.input_read("synthetic", train_size=300, test_size=100, seed=0,
                                              cache_dir=os.environ.get("TMPDIR", "/tmp") + "/vae-test-cache")
     return x, xt
+
+
+DASK = Path(sys.executable).parent / "dask"
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def start_dask_cluster():
+    """``start(folder, workers=2, protocol="tcp", preload=None, env=None)``: a real ``dask scheduler`` and
+    ``dask worker`` processes on 127.0.0.1, started in ``folder`` (outside the repository, as on another
+    machine); returns ``(address, client)``. ``preload`` is a Python file each worker runs first;
+    ``env`` is added to every process's environment (Dask's configuration, for TLS). All stop at the end."""
+    processes, clients = [], []
+
+    def start(folder, workers=2, protocol="tcp", preload=None, env=None):
+        port = free_port()
+        address = f"{protocol}://127.0.0.1:{port}"
+        environment = {**os.environ, "TF_NUM_INTEROP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
+                       "MPLBACKEND": "Agg", **(env or {})}
+        environment.pop("PYTHONPATH", None)
+
+        def launch(command):
+            processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                              cwd=folder, start_new_session=True, env=environment))
+        launch([str(DASK), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--protocol", protocol,
+                "--dashboard-address", ":0"])
+        for i in range(workers):
+            launch([str(DASK), "worker", address, "--nthreads", "1", "--nworkers", "1",
+                    "--local-directory", str(folder / f"worker{i}")] + (["--preload", str(preload)] if preload else []))
+        from dask.distributed import Client
+
+        with dask_config(env):
+            client = Client(address, timeout="30s")
+            clients.append(client)
+            client.wait_for_workers(workers, timeout=60)
+        return address, client
+
+    yield start
+    for client in clients:
+        client.close()
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def dask_config(env):
+    """Dask's configuration re-read with ``env``'s ``DASK_CONFIG`` folder (if any) for the block."""
+    folder = (env or {}).get("DASK_CONFIG")
+    if folder is None:
+        yield
+        return
+    import dask.config
+    import yaml
+
+    def dotted(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                yield from dotted(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    settings = {key: value for path in Path(folder).glob("*.yaml")
+                for key, value in dotted(yaml.safe_load(path.read_text()))}
+    with dask.config.set(settings):
+        yield

@@ -11,6 +11,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import bench_training  # noqa: E402
 
 
+@pytest.mark.slow
 def test_benchmark_reports_ours_variants_and_ratios(tmp_path, capsys):
     # A stand-in anchor with known figures checks the ratios; the package itself really trains.
     (tmp_path / "keras_anchor.py").write_text(textwrap.dedent("""
@@ -136,6 +137,7 @@ def test_realism_refuses_fewer_than_one_seed(tmp_path):
     assert done.stderr.strip() == "realism.py: expected --seeds to be at least 1, received 0"
 
 
+@pytest.mark.slow
 def test_realism_reference_trains_on_the_archives_own_capitals(tmp_path):
     import subprocess
 

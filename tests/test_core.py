@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-import atomic_files
+from denoising_vae.core import files as atomic_files
 
 
 def test_write_json_round_trips_and_leaves_no_temporary_file(tmp_path):

@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import data_prepro
-import letter_strokes
-import synthetic_letters
-from conftest import SAMPLE_ZIP, closed_port_url, idx_bytes, tiny_splits, write_nist_zip
+from denoising_vae.core import caches, constants
+from denoising_vae.data import download, idx, noise, sources
+from denoising_vae.data import strokes as letter_strokes
+from denoising_vae.data import synthetic as synthetic_letters
+from denoising_vae.study import cli
+from conftest import REPO, SAMPLE_ZIP, closed_port_url, idx_bytes, tiny_splits, write_nist_zip
 
 IMAGES = "gzip/emnist-balanced-train-images-idx3-ubyte.gz"
 LABELS = "gzip/emnist-balanced-train-labels-idx1-ubyte.gz"
@@ -31,7 +33,7 @@ def capitals(images, labels):
 
 def test_reader_is_upright_pixel_exact_capitals_only(tiny_zip, tmp_path):
     path, splits = tiny_zip
-    (x_train, y_train), (x_test, y_test) = data_prepro.input_read(path, cache_dir=tmp_path / "cache")
+    (x_train, y_train), (x_test, y_test) = sources.input_read(path, cache_dir=tmp_path / "cache")
     for (x, y), usage in (((x_train, y_train), "train"), ((x_test, y_test), "test")):
         want_x, want_y = capitals(*splits[usage])
         assert x.dtype == np.float32 and x.shape == (len(want_x), 28, 28, 1)
@@ -48,9 +50,9 @@ def test_reader_accepts_a_folder_of_gz_files(tiny_zip, tmp_path):
     path, _ = tiny_zip
     folder = tmp_path / "unpacked"
     zipfile.ZipFile(path).extractall(folder)
-    from_zip = data_prepro.input_read(path, cache_dir=tmp_path / "c1")
+    from_zip = sources.input_read(path, cache_dir=tmp_path / "c1")
     for candidate in (folder, folder / "gzip"):
-        from_folder = data_prepro.input_read(candidate, cache_dir=tmp_path / "c2")
+        from_folder = sources.input_read(candidate, cache_dir=tmp_path / "c2")
         np.testing.assert_array_equal(from_folder[0][0], from_zip[0][0])
         assert from_folder.source.kind == "emnist"
 
@@ -58,26 +60,26 @@ def test_reader_accepts_a_folder_of_gz_files(tiny_zip, tmp_path):
 def test_emnist_path_env_and_cache_lookup(tiny_zip, tmp_path, monkeypatch):
     path, _ = tiny_zip
     monkeypatch.setenv("EMNIST_PATH", str(path))
-    loaded = data_prepro.input_read("emnist", cache_dir=tmp_path / "cache")
+    loaded = sources.input_read("emnist", cache_dir=tmp_path / "cache")
     assert loaded.source.kind == "emnist" and loaded.source.path == str(path.resolve())
     monkeypatch.delenv("EMNIST_PATH")
     cache = tmp_path / "cache2"
     cache.mkdir()
     (cache / "emnist.zip").write_bytes(path.read_bytes())
-    assert data_prepro.input_read("auto", cache_dir=cache).source.kind == "emnist"
+    assert sources.input_read("auto", cache_dir=cache).source.kind == "emnist"
 
 
 def test_default_cache_is_the_emnist_package_cache(tiny_zip, tmp_path):
     import emnist
 
-    assert data_prepro.default_cache_dir() / "emnist.zip" == data_prepro.Path(emnist.get_cached_data_path())
+    assert caches.default_cache_dir() / "emnist.zip" == sources.Path(emnist.get_cached_data_path())
 
 
 def test_balanced_subsample_is_deterministic(tiny_zip, tmp_path):
     path, _ = tiny_zip
-    first = data_prepro.input_read(path, train_size=52, test_size=26, seed=3, cache_dir=tmp_path / "a")
-    again = data_prepro.input_read(path, train_size=52, test_size=26, seed=3, cache_dir=tmp_path / "b")
-    other = data_prepro.input_read(path, train_size=52, test_size=26, seed=4, cache_dir=tmp_path / "b")
+    first = sources.input_read(path, train_size=52, test_size=26, seed=3, cache_dir=tmp_path / "a")
+    again = sources.input_read(path, train_size=52, test_size=26, seed=3, cache_dir=tmp_path / "b")
+    other = sources.input_read(path, train_size=52, test_size=26, seed=4, cache_dir=tmp_path / "b")
     (x, y), (xt, yt) = first
     assert len(x) == 52 and len(xt) == 26
     assert np.bincount(y, minlength=26).tolist() == [2] * 26
@@ -88,7 +90,7 @@ def test_balanced_subsample_is_deterministic(tiny_zip, tmp_path):
 
 def test_balanced_subsample_spreads_shortfalls():
     labels = np.concatenate([np.zeros(1, int), np.repeat(np.arange(1, 26), 10)])
-    chosen = data_prepro.balanced_subsample(labels, 77, seed=0)
+    chosen = sources.balanced_subsample(labels, 77, seed=0)
     counts = np.bincount(labels[chosen], minlength=26)
     assert counts.sum() == 77 and counts[0] == 1 and counts[1:].min() >= 3 and counts.max() <= 4
     assert len(np.unique(chosen)) == 77
@@ -97,33 +99,34 @@ def test_balanced_subsample_spreads_shortfalls():
 def test_prepared_cache_is_used_and_a_corrupt_one_rebuilt(tiny_zip, tmp_path, caplog):
     path, _ = tiny_zip
     cache = tmp_path / "cache"
-    first = data_prepro.input_read(path, cache_dir=cache)
+    first = sources.input_read(path, cache_dir=cache)
     (stored,) = list((cache / "prepared").glob("emnist-*.npz"))
     stored.write_bytes(stored.read_bytes()[:200])  # truncated
-    with caplog.at_level(logging.WARNING, logger="data_prepro"):
-        again = data_prepro.input_read(path, cache_dir=cache)
+    with caplog.at_level(logging.WARNING, logger="denoising_vae.data.sources"):
+        again = sources.input_read(path, cache_dir=cache)
     assert "unreadable" in caplog.text
     np.testing.assert_array_equal(first[0][0], again[0][0])
     np.testing.assert_array_equal(first[1][1], again[1][1])
 
 
+@pytest.mark.slow
 def test_prepared_synthetic_set_follows_the_generator_code(tmp_path, monkeypatch):
-    first = data_prepro.input_read("synthetic", train_size=52, test_size=26, seed=3, cache_dir=tmp_path)
+    first = sources.input_read("synthetic", train_size=52, test_size=26, seed=3, cache_dir=tmp_path)
     assert len(list((tmp_path / "prepared").glob("synthetic-*.npz"))) == 1
-    again = data_prepro.input_read("synthetic", train_size=52, test_size=26, seed=3, cache_dir=tmp_path)
+    again = sources.input_read("synthetic", train_size=52, test_size=26, seed=3, cache_dir=tmp_path)
     assert len(list((tmp_path / "prepared").glob("synthetic-*.npz"))) == 1  # served from the cache
     np.testing.assert_array_equal(first[0][0], again[0][0])
     # A changed generator (another code digest) gets letters of its own, not the stored ones.
-    monkeypatch.setattr(data_prepro, "generator_key", lambda: "another-generator")
-    data_prepro.input_read("synthetic", train_size=52, test_size=26, seed=3, cache_dir=tmp_path)
+    monkeypatch.setattr(sources, "generator_key", lambda: "another-generator")
+    sources.input_read("synthetic", train_size=52, test_size=26, seed=3, cache_dir=tmp_path)
     assert len(list((tmp_path / "prepared").glob("synthetic-*.npz"))) == 2
 
 
 def test_source_is_logged_once(tiny_zip, tmp_path, caplog):
     path, _ = tiny_zip
-    with caplog.at_level(logging.INFO, logger="data_prepro"):
-        data_prepro.input_read(path, cache_dir=tmp_path)
-    lines = [r for r in caplog.records if r.name == "data_prepro" and "data:" in r.getMessage()]
+    with caplog.at_level(logging.INFO, logger="denoising_vae.data.sources"):
+        sources.input_read(path, cache_dir=tmp_path)
+    lines = [r for r in caplog.records if r.name == "denoising_vae.data.sources" and "data:" in r.getMessage()]
     assert len(lines) == 1 and "EMNIST balanced capitals from" in lines[0].getMessage()
 
 
@@ -131,23 +134,23 @@ def test_source_is_logged_once(tiny_zip, tmp_path, caplog):
 
 def test_unknown_source_word():
     with pytest.raises(ValueError, match=r"Expected source to be one of .* Received: source='emnst'"):
-        data_prepro.input_read("emnst")
+        sources.input_read("emnst")
 
 
 def test_source_of_wrong_type():
     with pytest.raises(ValueError, match=r"Expected source .* Received: source=3"):
-        data_prepro.input_read(3)
+        sources.input_read(3)
 
 
 def test_missing_path(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"source path .*nowhere.zip' does not exist"):
-        data_prepro.input_read(str(tmp_path / "nowhere.zip"))
+        sources.input_read(str(tmp_path / "nowhere.zip"))
 
 
 def test_missing_emnist_path_env(tmp_path, monkeypatch):
     monkeypatch.setenv("EMNIST_PATH", str(tmp_path / "gone.zip"))
     with pytest.raises(FileNotFoundError, match=r"EMNIST_PATH=.*gone.zip' does not exist"):
-        data_prepro.input_read("emnist", cache_dir=tmp_path)
+        sources.input_read("emnist", cache_dir=tmp_path)
 
 
 def test_zip_without_balanced_members(tmp_path):
@@ -157,14 +160,14 @@ def test_zip_without_balanced_members(tmp_path):
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("gzip/emnist-letters-train-images-idx3-ubyte.gz", b"")
     with pytest.raises(ValueError, match=r"lacks gzip/emnist-balanced-train-images-idx3-ubyte.gz"):
-        data_prepro.input_read(path, cache_dir=tmp_path)
+        sources.input_read(path, cache_dir=tmp_path)
 
 
 def test_not_a_zip(tmp_path):
     path = tmp_path / "gzip.zip"
     path.write_bytes(b"<html>not found</html>")
     with pytest.raises(ValueError, match=r"is not a readable zip archive"):
-        data_prepro.input_read(path, cache_dir=tmp_path)
+        sources.input_read(path, cache_dir=tmp_path)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "not gzip"])
@@ -175,14 +178,14 @@ def test_damaged_member(tmp_path, damage):
     data = good[: len(good) // 2] if damage == "truncated" else b"plain bytes, not gzip"
     path = write_nist_zip(tmp_path / "gzip.zip", splits, {IMAGES: data})
     with pytest.raises(ValueError, match=r"emnist-balanced-train-images-idx3-ubyte.gz in .* is not a complete gzip"):
-        data_prepro.input_read(path, cache_dir=tmp_path)
+        sources.input_read(path, cache_dir=tmp_path)
 
 
 def test_wrong_idx_magic(tmp_path):
     splits = tiny_splits()
     path = write_nist_zip(tmp_path / "gzip.zip", splits, {LABELS: gzip.compress(idx_bytes(splits["train"][0]))})
     with pytest.raises(ValueError, match=r"labels-idx1-ubyte.gz in .* has IDX magic 00000803: expected 00000801"):
-        data_prepro.input_read(path, cache_dir=tmp_path)
+        sources.input_read(path, cache_dir=tmp_path)
 
 
 def test_wrong_idx_dimensions(tmp_path):
@@ -190,13 +193,13 @@ def test_wrong_idx_dimensions(tmp_path):
     small = np.zeros((5, 20, 20), np.uint8)
     path = write_nist_zip(tmp_path / "gzip.zip", splits, {IMAGES: gzip.compress(idx_bytes(small))})
     with pytest.raises(ValueError, match=r"holds arrays of shape \(5, 20, 20\): expected \(N, 28, 28\)"):
-        data_prepro.input_read(path, cache_dir=tmp_path)
+        sources.input_read(path, cache_dir=tmp_path)
 
 
 def test_idx_payload_size_mismatch():
     data = idx_bytes(np.zeros((3, 28, 28), np.uint8))[:-5]
     with pytest.raises(ValueError, match=r"has 2347 data bytes: its header announces 2352"):
-        data_prepro.parse_idx(data, (None, 28, 28), where="f")
+        idx.parse_idx(data, (None, 28, 28), where="f")
 
 
 def test_image_and_label_counts_differ(tmp_path):
@@ -205,25 +208,25 @@ def test_image_and_label_counts_differ(tmp_path):
     splits["train"] = (images, labels[:-4])
     path = write_nist_zip(tmp_path / "gzip.zip", splits)
     with pytest.raises(ValueError, match=r"train split has 141 images but 137 labels"):
-        data_prepro.input_read(path, cache_dir=tmp_path)
+        sources.input_read(path, cache_dir=tmp_path)
 
 
 @pytest.mark.parametrize("name", ["train_size", "test_size"])
 @pytest.mark.parametrize("value", [0, -3, 2.5, True])
 def test_size_must_be_positive_integer(name, value):
     with pytest.raises(ValueError, match=rf"Expected {name} to be a positive integer or None. Received: {name}="):
-        data_prepro.input_read("synthetic", **{name: value})
+        sources.input_read("synthetic", **{name: value})
 
 
 def test_size_above_what_exists(tiny_zip, tmp_path):
     path, _ = tiny_zip
     with pytest.raises(ValueError, match=r"Expected test_size <= 52 \(the images available\). Received: test_size=53"):
-        data_prepro.input_read(path, test_size=53, cache_dir=tmp_path)
+        sources.input_read(path, test_size=53, cache_dir=tmp_path)
 
 
 def test_seed_must_be_non_negative_integer():
     with pytest.raises(ValueError, match=r"Expected seed to be a non-negative integer. Received: seed=-1"):
-        data_prepro.input_read("synthetic", seed=-1)
+        sources.input_read("synthetic", seed=-1)
 
 
 # ---------------------------------------------------------------- download
@@ -285,7 +288,7 @@ def md5_of(path):
 
 def test_download_complete_and_verified(server, tiny_zip, tmp_path):
     destination = tmp_path / "cache" / "emnist.zip"
-    got = data_prepro.download_emnist(destination, urls=[f"{server.url}/gzip.zip"], probe_timeout=3,
+    got = download.download_emnist(destination, urls=[f"{server.url}/gzip.zip"], probe_timeout=3,
                                       expected_md5=md5_of(tiny_zip[0]))
     assert got == destination and destination.read_bytes() == tiny_zip[0].read_bytes()
     assert not list(destination.parent.glob("*.part*"))
@@ -295,28 +298,28 @@ def test_download_complete_and_verified(server, tiny_zip, tmp_path):
 
 
 def test_auto_downloads_into_the_cache_and_trusts_the_record(server, tiny_zip, tmp_path, monkeypatch):
-    monkeypatch.setattr(data_prepro, "NIST_MD5", md5_of(tiny_zip[0]))
-    monkeypatch.setattr(data_prepro, "download_urls", lambda: [f"{server.url}/gzip.zip"])
-    loaded = data_prepro.input_read("auto", cache_dir=tmp_path)
+    monkeypatch.setattr(download, "NIST_MD5", md5_of(tiny_zip[0]))
+    monkeypatch.setattr(download, "download_urls", lambda: [f"{server.url}/gzip.zip"])
+    loaded = sources.input_read("auto", cache_dir=tmp_path)
     assert loaded.source.kind == "emnist" and loaded.source.verified is True
     assert "unverified" not in loaded.source.describe()
     assert server.requests == ["/gzip.zip"]
     # Later runs read the recorded digest instead of hashing the archive again.
     hashed = []
-    monkeypatch.setattr(data_prepro.hashlib, "md5", lambda *a: hashed.append(1) or hashlib.md5(*a))
-    data_prepro.input_read("auto", cache_dir=tmp_path, train_size=26)
+    monkeypatch.setattr(download.hashlib, "md5", lambda *a: hashed.append(1) or hashlib.md5(*a))
+    sources.input_read("auto", cache_dir=tmp_path, train_size=26)
     assert hashed == []
 
 
 def test_a_wrong_digest_is_deleted_and_the_next_address_tried(server, tiny_zip, tmp_path, caplog):
     destination = tmp_path / "emnist.zip"
-    got = data_prepro.download_emnist(destination, urls=[f"{server.url}/other.zip", f"{server.url}/gzip.zip"],
+    got = download.download_emnist(destination, urls=[f"{server.url}/other.zip", f"{server.url}/gzip.zip"],
                                       expected_md5=md5_of(tiny_zip[0]))
     assert got.read_bytes() == tiny_zip[0].read_bytes() and server.requests == ["/other.zip", "/gzip.zip"]
     assert f"{server.url}/other.zip served an archive with MD5" in caplog.text
     assert f"not NIST's {md5_of(tiny_zip[0])}" in caplog.text and "SHA-256" in caplog.text
     with pytest.raises(ConnectionError, match=r"could not download EMNIST: .*other.zip: MD5 \w+ is not NIST's"):
-        data_prepro.download_emnist(tmp_path / "again.zip", urls=[f"{server.url}/other.zip"],
+        download.download_emnist(tmp_path / "again.zip", urls=[f"{server.url}/other.zip"],
                                     expected_md5=md5_of(tiny_zip[0]))
     assert not (tmp_path / "again.zip").exists() and not list(tmp_path.glob("again.zip.part*"))
 
@@ -325,12 +328,12 @@ def test_a_cut_transfer_resumes_with_a_range_request(server, tiny_zip, tmp_path)
     destination = tmp_path / "emnist.zip"
     url = f"{server.url}/drop.zip"
     with pytest.raises(ConnectionError, match=r"could not download EMNIST: .*drop.zip"):
-        data_prepro.download_emnist(destination, urls=[url], expected_md5=md5_of(tiny_zip[0]))
+        download.download_emnist(destination, urls=[url], expected_md5=md5_of(tiny_zip[0]))
     partial = tmp_path / "emnist.zip.part"
     kept = partial.stat().st_size
     assert not destination.exists() and 0 < kept < tiny_zip[0].stat().st_size
     assert json.loads((tmp_path / "emnist.zip.part.json").read_text())["url"] == url
-    got = data_prepro.download_emnist(destination, urls=[url], expected_md5=md5_of(tiny_zip[0]))
+    got = download.download_emnist(destination, urls=[url], expected_md5=md5_of(tiny_zip[0]))
     assert got.read_bytes() == tiny_zip[0].read_bytes()
     assert server.ranges == [None, f"bytes={kept}-"]
     assert not list(tmp_path.glob("*.part*"))
@@ -341,7 +344,7 @@ def test_a_server_that_ignores_range_restarts_from_zero(server, tiny_zip, tmp_pa
     url = f"{server.url}/norange.zip"
     (tmp_path / "emnist.zip.part").write_bytes(tiny_zip[0].read_bytes()[:100] + b"stale bytes")
     (tmp_path / "emnist.zip.part.json").write_text(json.dumps({"url": url, "total": None}))
-    got = data_prepro.download_emnist(destination, urls=[url], expected_md5=md5_of(tiny_zip[0]))
+    got = download.download_emnist(destination, urls=[url], expected_md5=md5_of(tiny_zip[0]))
     assert server.ranges[0] == "bytes=111-"  # asked to continue, got the whole file: written from zero
     assert got.read_bytes() == tiny_zip[0].read_bytes()
 
@@ -354,17 +357,17 @@ def test_a_member_inflating_beyond_its_header_is_refused_without_allocating_it(t
     path = write_nist_zip(tmp_path / "gzip.zip", splits,
                           members={"gzip/emnist-balanced-train-images-idx3-ubyte.gz": bomb})
     produced = []
-    real = data_prepro._inflate_idx
+    real = idx._inflate_idx
 
     def watched(stream, where, ndim, piece=1 << 20):
         result = real(stream, where, ndim, piece)
         produced.append(len(result))
         return result
 
-    monkeypatch.setattr(data_prepro, "_inflate_idx", watched)
+    monkeypatch.setattr(idx, "_inflate_idx", watched)
     with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.gz in .* inflates beyond the [\d,]+ bytes "
                                          r"its IDX header declares"):
-        data_prepro.read_emnist_capitals(path, "train")
+        idx.read_emnist_capitals(path, "train")
     assert produced == []  # stopped inside the inflation, never returned 50 MiB
 
 
@@ -373,31 +376,31 @@ def test_a_header_declaring_too_many_items_is_refused(tmp_path):
     path = write_nist_zip(tmp_path / "gzip.zip", tiny_splits(),
                           members={"gzip/emnist-balanced-train-labels-idx1-ubyte.gz": gzip.compress(header)})
     with pytest.raises(ValueError, match=r"declares 4,000,000,000 items, more than any EMNIST split"):
-        data_prepro.read_emnist_capitals(path, "train")
+        idx.read_emnist_capitals(path, "train")
 
 
 def test_unexpected_member_names_are_never_extracted(tmp_path):
     evil = tmp_path / "evil.txt"
     path = write_nist_zip(tmp_path / "gzip.zip", tiny_splits(), members={"../evil.txt": b"x", "/tmp/x.gz": b"y"})
-    data_prepro.read_emnist_capitals(path, "train")
+    idx.read_emnist_capitals(path, "train")
     assert not evil.exists() and not list(tmp_path.rglob("*.gz"))
 
 
 def test_a_hand_placed_archive_with_another_digest_is_read_with_a_warning(tiny_zip, tmp_path):
     path, _ = tiny_zip
     with pytest.warns(UserWarning, match=r"is not NIST's gzip.zip byte for byte \(MD5 [0-9a-f]{32}"):
-        loaded = data_prepro.input_read(path, cache_dir=tmp_path / "cache")
+        loaded = sources.input_read(path, cache_dir=tmp_path / "cache")
     assert loaded.source.verified is False and loaded.source.md5 == md5_of(path)
     assert f"(unverified archive, MD5 {md5_of(path)})" in loaded.source.describe()
 
 
+@pytest.mark.slow
 def test_unverified_archive_is_named_in_results_and_report(tiny_zip, tmp_path):
-    import assignment_5
 
     path, _ = tiny_zip
     out = tmp_path / "run"
     with pytest.warns(UserWarning, match="not NIST's gzip.zip"):
-        code = assignment_5.main(["--data", str(path), "--models", "ae", "--epochs", "1", "--precision", "float32",
+        code = cli.main(["--data", str(path), "--models", "ae", "--epochs", "1", "--precision", "float32",
                                   "--train-size", "52", "--test-size", "26", "--out", str(out)])
     assert code == 0
     results = json.loads((out / "results.json").read_text())
@@ -406,25 +409,25 @@ def test_unverified_archive_is_named_in_results_and_report(tiny_zip, tmp_path):
 
 
 def test_auto_falls_back_to_synthetic_within_seconds(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_prepro, "download_urls", lambda: [closed_port_url(), closed_port_url()])
+    monkeypatch.setattr(download, "download_urls", lambda: [closed_port_url(), closed_port_url()])
     synthetic_letters._bank()  # the glyph bank is built once per process (about 8 s); time the probe
     start = time.perf_counter()
     with pytest.warns(UserWarning, match=r"Using SYNTHETIC letters, not EMNIST: .*EMNIST_PATH"):
-        loaded = data_prepro.input_read("auto", train_size=26, test_size=26, cache_dir=tmp_path)
-    assert time.perf_counter() - start < data_prepro.AUTO_PROBE_TIMEOUT + 5
+        loaded = sources.input_read("auto", train_size=26, test_size=26, cache_dir=tmp_path)
+    assert time.perf_counter() - start < sources.AUTO_PROBE_TIMEOUT + 5
     assert loaded.source.kind == "synthetic" and "unavailable" in loaded.source.note
     assert not (tmp_path / "emnist.zip").exists()
 
 
 def test_explicit_emnist_without_data_says_how_to_get_it(tmp_path):
     with pytest.raises(ConnectionError, match=r"could not download EMNIST: http://127.0.0.1"):
-        data_prepro.input_read("emnist", cache_dir=tmp_path)
+        sources.input_read("emnist", cache_dir=tmp_path)
 
 
 # ---------------------------------------------------------------- synthetic letters
 
 def test_synthetic_shapes_balance_determinism(tmp_path):
-    (x, y), (xt, yt) = loaded = data_prepro.input_read("synthetic", train_size=260, test_size=52, seed=1,
+    (x, y), (xt, yt) = loaded = sources.input_read("synthetic", train_size=260, test_size=52, seed=1,
                                                        cache_dir=tmp_path / "a")
     assert x.shape == (260, 28, 28, 1) and xt.shape == (52, 28, 28, 1) and x.dtype == np.float32
     assert np.bincount(y, minlength=26).tolist() == [10] * 26
@@ -432,8 +435,8 @@ def test_synthetic_shapes_balance_determinism(tmp_path):
     assert 0 <= x.min() and x.max() <= 1 and x.max() > 0.8
     assert loaded.source.kind == "synthetic" and loaded.source.seed == 1
     # Generated afresh (another cache) with the same seed: identical; another seed: different.
-    same = data_prepro.input_read("synthetic", train_size=260, test_size=52, seed=1, cache_dir=tmp_path / "b")
-    other = data_prepro.input_read("synthetic", train_size=260, test_size=52, seed=2, cache_dir=tmp_path / "b")
+    same = sources.input_read("synthetic", train_size=260, test_size=52, seed=1, cache_dir=tmp_path / "b")
+    other = sources.input_read("synthetic", train_size=260, test_size=52, seed=2, cache_dir=tmp_path / "b")
     np.testing.assert_array_equal(x, same[0][0])
     np.testing.assert_array_equal(yt, same[1][1])
     assert not np.array_equal(x, other[0][0])
@@ -464,7 +467,7 @@ def test_synthetic_letters_are_framed_like_emnist():
 def test_every_letter_has_pen_stroke_forms_and_merged_classes_have_lower_case():
     forms = letter_strokes.form_list()
     assert {index for index, _, _, _ in forms} == set(range(26))
-    lower_letters = {data_prepro.LETTERS[index] for index, is_lower, _, _ in forms if is_lower}
+    lower_letters = {constants.LETTERS[index] for index, is_lower, _, _ in forms if is_lower}
     # EMNIST balanced merges exactly these 15 letters with their lower case (../shared/data/merged-classes.md).
     assert lower_letters == set("CIJKLMOPSUVWXYZ") == set(letter_strokes.LOWER_CASE_SHARE)
     for _, _, weight, strokes in forms:
@@ -507,9 +510,9 @@ def test_lower_case_share_per_letter():
     assert (bank_letter[glyph] == labels).all()
     for letter in range(26):
         kinds = bank_kind[glyph[labels == letter]]
-        share = letter_strokes.LOWER_CASE_SHARE.get(data_prepro.LETTERS[letter], 0.0)
+        share = letter_strokes.LOWER_CASE_SHARE.get(constants.LETTERS[letter], 0.0)
         lower = (kinds == synthetic_letters.LOWER_STROKES).mean()
-        assert abs(lower - share) < 0.035, (data_prepro.LETTERS[letter], lower, share)
+        assert abs(lower - share) < 0.035, (constants.LETTERS[letter], lower, share)
         font = (kinds == synthetic_letters.FONT).mean()
         assert abs(font - (1 - share) * synthetic_letters.FONT_SHARE) < 0.035
     # Class L is three quarters lower case (a single stroke, mostly).
@@ -550,8 +553,9 @@ def test_glyph_bank_key_follows_the_generator_code(monkeypatch):
     assert synthetic_letters.generator_key() != key
 
 
+@pytest.mark.slow
 def test_synthetic_default_sizes_match_emnist(tmp_path):
-    (x, y), (xt, yt) = data_prepro.input_read("synthetic", cache_dir=tmp_path)
+    (x, y), (xt, yt) = sources.input_read("synthetic", cache_dir=tmp_path)
     assert x.shape == (62_400, 28, 28, 1) and xt.shape == (10_400, 28, 28, 1)
     assert np.bincount(y).tolist() == [2400] * 26 and np.bincount(yt).tolist() == [400] * 26
 
@@ -561,21 +565,21 @@ def test_synthetic_default_sizes_match_emnist(tmp_path):
 def test_noise_addition_clips_and_keeps_input():
     x = np.random.default_rng(0).random((50, 28, 28, 1)).astype(np.float32)
     before = x.copy()
-    noisy = data_prepro.noise_addition(x, 0.5, seed=1)
+    noisy = noise.noise_addition(x, 0.5, seed=1)
     assert noisy.dtype == np.float32 and noisy.shape == x.shape
     assert noisy.min() == 0.0 and noisy.max() == 1.0
     np.testing.assert_array_equal(x, before)
-    np.testing.assert_array_equal(noisy, data_prepro.noise_addition(x, 0.5, seed=1))
-    assert not np.array_equal(noisy, data_prepro.noise_addition(x, 0.5, seed=2))
+    np.testing.assert_array_equal(noisy, noise.noise_addition(x, 0.5, seed=1))
+    assert not np.array_equal(noisy, noise.noise_addition(x, 0.5, seed=2))
     # Away from the clip, the noise is N(0, 0.5^2).
     middle = np.full((400, 28, 28), 0.5, np.float32)
-    residual = data_prepro.noise_addition(middle, 0.1, seed=0) - 0.5
+    residual = noise.noise_addition(middle, 0.1, seed=0) - 0.5
     assert abs(residual.std() - 0.1) < 0.002 and abs(residual.mean()) < 0.002
 
 
 def test_noise_zero_is_an_equal_copy():
     x = np.random.default_rng(0).random((3, 28, 28)).astype(np.float32)
-    copy = data_prepro.noise_addition(x, 0)
+    copy = noise.noise_addition(x, 0)
     np.testing.assert_array_equal(copy, x)
     assert copy is not x and copy.shape == (3, 28, 28)
 
@@ -583,7 +587,7 @@ def test_noise_zero_is_an_equal_copy():
 @pytest.mark.parametrize("std", [-0.1, float("nan"), float("inf"), "0.5"])
 def test_noise_std_must_be_finite_non_negative(std):
     with pytest.raises(ValueError, match=r"Expected noise_std to be a finite number >= 0. Received: noise_std="):
-        data_prepro.noise_addition(np.zeros((1, 28, 28)), std)
+        noise.noise_addition(np.zeros((1, 28, 28)), std)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
@@ -591,31 +595,32 @@ def test_noise_rejects_non_finite_images(bad):
     x = np.zeros((2, 28, 28), np.float32)
     x[1, 3, 4] = bad
     with pytest.raises(ValueError, match=r"Expected x with finite values. Received: 1 NaN or inf values in x"):
-        data_prepro.noise_addition(x)
+        noise.noise_addition(x)
 
 
 def test_noise_rejects_values_outside_unit_interval():
     with pytest.raises(ValueError, match=r"Expected x with values in \[0, 1\]. Received: x in \[255, 255\]"):
-        data_prepro.noise_addition(np.full((1, 28, 28), 255.0))
+        noise.noise_addition(np.full((1, 28, 28), 255.0))
 
 
 @pytest.mark.parametrize("shape", [(28, 28), (1, 32, 32), (1, 28, 28, 3), (0, 28, 28)])
 def test_noise_rejects_bad_shapes(shape):
     with pytest.raises(ValueError, match=r"Expected x with shape \(N, 28, 28\) or \(N, 28, 28, 1\). Received:"):
-        data_prepro.noise_addition(np.zeros(shape))
+        noise.noise_addition(np.zeros(shape))
 
 
 # ---------------------------------------------------------------- imports and the real sample
 
-def test_data_prepro_does_not_import_tensorflow():
-    code = "import sys, data_prepro; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+def test_the_data_layer_and_the_command_line_do_not_import_tensorflow():
+    code = ("import sys, data_prepro, denoising_vae.data, denoising_vae.study.cli; "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 
 
 @pytest.mark.skipif(not SAMPLE_ZIP.is_file(), reason="shared EMNIST sample not present")
 def test_real_sample_loads_upright_capitals(tmp_path):
-    (x, y), (xt, yt) = data_prepro.input_read(SAMPLE_ZIP, cache_dir=tmp_path)
+    (x, y), (xt, yt) = sources.input_read(SAMPLE_ZIP, cache_dir=tmp_path)
     assert x.shape == (5052, 28, 28, 1) and xt.shape == (1219, 28, 28, 1)
     assert set(np.unique(y)) == set(range(26))
     # Upright: each letter's mean image correlates with the (upright by
@@ -632,8 +637,8 @@ def test_real_sample_loads_upright_capitals(tmp_path):
 
 def test_synthetic_generator_agrees_with_the_data_constants():
     # synthetic_letters restates the alphabet and image side, since data_prepro imports it.
-    assert synthetic_letters.LETTERS == data_prepro.LETTERS
-    assert synthetic_letters.IMAGE_SIZE == data_prepro.IMAGE_SIZE
+    assert synthetic_letters.LETTERS == constants.LETTERS
+    assert synthetic_letters.IMAGE_SIZE == constants.IMAGE_SIZE
 
 
 def test_i_bars_are_thicker_than_l_bars_and_few_l_have_a_loop():

@@ -5,18 +5,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import data_prepro
-import evaluation
-import fastpath
-import models
+from denoising_vae import evaluation
+from denoising_vae.data import noise
+from denoising_vae.models import fast_path, losses, vae
 from conftest import EXPECTED_PARAMS, numpy_kl, numpy_reconstruction
 
 
 def test_evaluate_matches_numpy(letters):
     _, x_val = letters
     clean = x_val[:40]
-    noisy = data_prepro.noise_addition(clean, 0.5, seed=0)
-    model = models.build_model("arch2", seed=1)
+    noisy = noise.noise_addition(clean, 0.5, seed=0)
+    model = vae.build_model("arch2", seed=1)
     got = evaluation.evaluate(model, noisy, clean, batch_size=40, seed=7, iw_samples=5)
     epsilon = np.random.default_rng(7).standard_normal((6, 40, 2), dtype=np.float32)
     mean, log_var, _ = [np.asarray(t) for t in model.encode(noisy)]
@@ -48,12 +47,13 @@ def test_evaluate_matches_numpy(letters):
     assert got["log_likelihood"] >= -got["loss"] - 5
 
 
+@pytest.mark.slow
 def test_a_mixed_bfloat16_model_decodes_its_likelihood_samples_in_bfloat16(letters):
     _, x_val = letters
     clean = x_val[:50]
-    noisy = data_prepro.noise_addition(clean, 0.5, seed=0)
-    model = models.build_model("arch3", seed=2, precision="mixed_bfloat16")
-    twin = models.as_float32(model)
+    noisy = noise.noise_addition(clean, 0.5, seed=0)
+    model = vae.build_model("arch3", seed=2, precision="mixed_bfloat16")
+    twin = vae.as_float32(model)
     own = evaluation.evaluate(model, noisy, clean, batch_size=50, seed=1, iw_samples=8)
     full = evaluation.evaluate(model, noisy, clean, batch_size=50, seed=1, iw_samples=8, iw_precision="float32")
     assert full == evaluation.evaluate(twin, noisy, clean, batch_size=50, seed=1, iw_samples=8)
@@ -97,7 +97,7 @@ def test_the_likelihood_from_logits_keeps_the_digits_that_float32_probabilities_
     logits = np.linspace(10, 15, 784, dtype=np.float32)[None]
     expected = _exact_bernoulli_log_likelihood(clean, logits)
     got = evaluation.log_likelihood_from_logits(tf.constant(clean), tf.constant(logits)).numpy()[:, 0]
-    from_probabilities = np.asarray(models.bernoulli_log_likelihood(clean, tf.sigmoid(logits)))
+    from_probabilities = np.asarray(losses.bernoulli_log_likelihood(clean, tf.sigmoid(logits)))
     # About -4,900 nats, where float32 keeps steps of 0.0005.
     assert abs(got[0] - expected[0]) < 0.01
     assert abs(from_probabilities[0] - expected[0]) > 0.1  # 0.21 nats off
@@ -116,13 +116,14 @@ def test_a_bad_likelihood_precision(letters):
     _, x_val = letters
     with pytest.raises(ValueError, match=r"^Expected iw_precision to be one of \(None, 'float32', 'mixed_bfloat16'\)\. "
                                          r"Received: iw_precision='auto'$"):
-        evaluation.evaluate(models.build_model("ae"), x_val[:10], x_val[:10], iw_precision="auto")
+        evaluation.evaluate(vae.build_model("ae"), x_val[:10], x_val[:10], iw_precision="auto")
 
 
+@pytest.mark.slow
 def test_evaluate_is_deterministic_and_batch_independent(letters):
     _, x_val = letters
-    noisy = data_prepro.noise_addition(x_val, 0.5, seed=0)
-    model = models.build_model("arch3", seed=0)
+    noisy = noise.noise_addition(x_val, 0.5, seed=0)
+    model = vae.build_model("arch3", seed=0)
     first = evaluation.evaluate(model, noisy, x_val, batch_size=100, seed=3)
     again = evaluation.evaluate(model, noisy, x_val, batch_size=100, seed=3)
     assert first == again
@@ -137,11 +138,11 @@ def test_evaluate_is_deterministic_and_batch_independent(letters):
 
 def test_likelihood_estimate_does_not_depend_on_the_decoding_chunks(letters, monkeypatch):
     _, x_val = letters
-    noisy = data_prepro.noise_addition(x_val[:60], 0.5, seed=0)
-    model = models.build_model("arch3", seed=0)
+    noisy = noise.noise_addition(x_val[:60], 0.5, seed=0)
+    model = vae.build_model("arch3", seed=0)
     whole = evaluation.evaluate(model, noisy, x_val[:60], batch_size=30, seed=3, iw_samples=12)
     # 150 decodes per call in all (5 samples of 30 images, on 1 or 2 shards): chunks of 5, 5 and 2 samples.
-    monkeypatch.setattr(evaluation, "IW_DECODES_PER_SHARD", 150 // fastpath.default_shards())
+    monkeypatch.setattr(evaluation, "IW_DECODES_PER_SHARD", 150 // fast_path.default_shards())
     chunked = evaluation.evaluate(model, noisy, x_val[:60], batch_size=30, seed=3, iw_samples=12)
     assert chunked["log_likelihood"] == pytest.approx(whole["log_likelihood"], rel=1e-6)
     assert chunked["loss"] == whole["loss"]
@@ -149,36 +150,36 @@ def test_likelihood_estimate_does_not_depend_on_the_decoding_chunks(letters, mon
 
 def test_evaluate_ae_has_no_kl_or_likelihood(letters):
     _, x_val = letters
-    noisy = data_prepro.noise_addition(x_val, 0.5, seed=0)
-    result = evaluation.evaluate(models.build_model("ae", seed=0), noisy, x_val)
+    noisy = noise.noise_addition(x_val, 0.5, seed=0)
+    result = evaluation.evaluate(vae.build_model("ae", seed=0), noisy, x_val)
     assert "kl" not in result and "log_likelihood" not in result and "iw_samples" not in result
     assert result["loss"] == result["reconstruction"]
 
 
 def test_psnr_of_equal_images_is_capped(letters):
     _, x_val = letters
-    result = evaluation.evaluate(models.build_model("ae", seed=0), x_val[:10], x_val[:10])
+    result = evaluation.evaluate(vae.build_model("ae", seed=0), x_val[:10], x_val[:10])
     assert result["psnr_noisy"] == pytest.approx(100.0) and result["ssim_noisy"] == pytest.approx(1.0)
 
 
 def test_noisy_and_clean_of_different_lengths(letters):
     _, x_val = letters
     with pytest.raises(ValueError, match=r"Expected x_noisy and x_clean of the same length. Received: 100 and 99"):
-        evaluation.evaluate(models.build_model("ae"), x_val, x_val[:99])
+        evaluation.evaluate(vae.build_model("ae"), x_val, x_val[:99])
 
 
 def test_mixed_bfloat16_model_counts_saves_and_evaluates_in_float32(tmp_path, letters):
     _, x_val = letters
-    model = models.build_model("arch3", seed=0, precision="mixed_bfloat16")
-    assert models.precision_of(model) == "mixed_bfloat16"
-    assert models.parameter_counts(model) == EXPECTED_PARAMS["arch3"]
+    model = vae.build_model("arch3", seed=0, precision="mixed_bfloat16")
+    assert vae.precision_of(model) == "mixed_bfloat16"
+    assert vae.parameter_counts(model) == EXPECTED_PARAMS["arch3"]
     assert all(w.dtype == "float32" for w in model.trainable_weights)
     model.save(tmp_path / "bf16.keras")
     loaded = keras.models.load_model(tmp_path / "bf16.keras")
-    assert models.precision_of(loaded) == "mixed_bfloat16"
-    twin = models.as_float32(model)
-    assert models.precision_of(twin) == "float32" and models.as_float32(twin) is twin
-    noisy = data_prepro.noise_addition(x_val, 0.5, seed=0)
+    assert vae.precision_of(loaded) == "mixed_bfloat16"
+    twin = vae.as_float32(model)
+    assert vae.precision_of(twin) == "float32" and vae.as_float32(twin) is twin
+    noisy = noise.noise_addition(x_val, 0.5, seed=0)
     assert evaluation.evaluate(model, noisy, x_val, iw_precision="float32") == evaluation.evaluate(twin, noisy, x_val)
     # Building it left the global policy alone.
     assert keras.config.dtype_policy().name == "float32"
@@ -191,7 +192,7 @@ def test_numpy_psnr():
 
 
 def test_encode_reconstruct_decode_equal_the_models_own_layers_in_batches():
-    model = models.build_model("arch1", seed=0)
+    model = vae.build_model("arch1", seed=0)
     x = np.random.default_rng(0).random((23, 28, 28, 1), dtype=np.float32)
     means = evaluation.encode_mean(model, x, batch_size=10)  # batches of 10, 10 and 3: one trace
     assert means.shape == (23, 2) and means.dtype == np.float32
@@ -204,6 +205,6 @@ def test_encode_reconstruct_decode_equal_the_models_own_layers_in_batches():
 
 @pytest.mark.parametrize("z", [np.zeros((0, 2)), np.zeros((4, 3)), np.zeros(2)])
 def test_decode_rejects_points_of_the_wrong_shape(z):
-    model = models.build_model("arch1", seed=0)
+    model = vae.build_model("arch1", seed=0)
     with pytest.raises(ValueError, match=r"^Expected z of shape \(N, 2\) with N >= 1\. Received: z\.shape="):
         evaluation.decode(model, z)

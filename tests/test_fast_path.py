@@ -8,9 +8,10 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
-import fastpath
-import models
-import training
+from denoising_vae.core import constants
+from denoising_vae.models import fast_path
+from denoising_vae.models import fused as fused_layers, losses, vae
+from denoising_vae.training import step_timing
 from conftest import weights_of
 
 
@@ -26,7 +27,7 @@ def test_upsample_conv_equals_upsampling_then_conv(padding, size):
     conv.bias.assign(rng.normal(size=(5,)).astype(np.float32))
     weights = [conv.kernel.value, conv.bias.value]
     outputs, gradients = [], []
-    for compute in (lambda: conv(upsampling(x)), lambda: fastpath.upsample_conv(x, conv)):
+    for compute in (lambda: conv(upsampling(x)), lambda: fused_layers.upsample_conv(x, conv)):
         with tf.GradientTape() as tape:
             tape.watch(x)
             y = compute()
@@ -45,7 +46,7 @@ def fused_pairs(steps):
 
 
 def test_arch3_runs_its_layer_pairs_fused_and_matches_the_models():
-    model = models.build_model("arch3", seed=0)
+    model = vae.build_model("arch3", seed=0)
     assert fused_pairs(model._decoder_steps) == [
         ("upsample_conv", ["decoder_upsampling1", "decoder_conv2"]),
         ("upsample_conv", ["decoder_upsampling2", "decoder_conv3"]),
@@ -65,16 +66,16 @@ def test_arch3_runs_its_layer_pairs_fused_and_matches_the_models():
 
 
 def test_a_loaded_model_keeps_its_fused_pairs(tmp_path):
-    model = models.build_model("arch3", seed=0)
+    model = vae.build_model("arch3", seed=0)
     model.save(tmp_path / "arch3.keras")
-    loaded = models.load_model(tmp_path / "arch3.keras")
+    loaded = vae.load_model(tmp_path / "arch3.keras")
     assert fused_pairs(loaded._decoder_steps) == fused_pairs(model._decoder_steps)
     assert fused_pairs(loaded._encoder_plan[0]) == fused_pairs(model._encoder_plan[0])
 
 
 @pytest.mark.parametrize("name, encoder_pairs", [("arch1", 2), ("ae", 2), ("arch2", 0)])
 def test_other_models_fuse_only_their_conv_pool_pairs(name, encoder_pairs):
-    model = models.build_model(name, seed=0)
+    model = vae.build_model(name, seed=0)
     assert fused_pairs(model._decoder_steps) == []
     steps, _ = model._encoder_plan
     assert [kind for kind, _ in fused_pairs(steps)] == ["conv_relu_pool"] * encoder_pairs
@@ -94,7 +95,7 @@ def test_conv_relu_pool_equals_the_layers_with_gradients(policy, tolerance):
     conv.build((None, 7, 7, 3))
     conv.bias.assign(rng.normal(size=(6,)).astype(np.float32))  # moved by the fused path: not zero here
     results = []
-    for compute in (lambda: pooling(conv(x)), lambda: fastpath.conv_relu_pool(x, conv, pooling)):
+    for compute in (lambda: pooling(conv(x)), lambda: fused_layers.conv_relu_pool(x, conv, pooling)):
         with tf.GradientTape() as tape:
             tape.watch(x)
             y = compute()
@@ -111,7 +112,7 @@ def test_fused_adam_follows_keras_adam():
     rng = np.random.default_rng(0)
     start = [rng.normal(size=(30, 7)).astype(np.float32), rng.normal(size=(7,)).astype(np.float32)]
     finals = []
-    for optimizer in (keras.optimizers.Adam(0.01), fastpath.FusedAdam(0.01)):
+    for optimizer in (keras.optimizers.Adam(0.01), fused_layers.FusedAdam(0.01)):
         variables = [keras.Variable(value) for value in start]
         step = tf.function(lambda grads: optimizer.apply(grads, variables))
         for index in range(40):
@@ -123,12 +124,12 @@ def test_fused_adam_follows_keras_adam():
 
 
 def test_fused_adam_round_trips_through_a_saved_model(letters, tmp_path):
-    model = models.build_model("arch2", seed=0)
-    model.compile(optimizer=fastpath.FusedAdam(2e-3))
+    model = vae.build_model("arch2", seed=0)
+    model.compile(optimizer=fused_layers.FusedAdam(2e-3))
     model.fit(letters[0][:200], letters[0][:200], batch_size=100, epochs=1, verbose=0)
     model.save(tmp_path / "m.keras")
-    loaded = models.load_model(tmp_path / "m.keras")
-    assert type(loaded.optimizer) is fastpath.FusedAdam
+    loaded = vae.load_model(tmp_path / "m.keras")
+    assert type(loaded.optimizer) is fused_layers.FusedAdam
     assert loaded.optimizer.learning_rate.numpy() == pytest.approx(2e-3)
     assert int(loaded.optimizer.iterations.numpy()) == 2
     for saved, restored in zip(model.optimizer.variables, loaded.optimizer.variables):
@@ -136,19 +137,20 @@ def test_fused_adam_round_trips_through_a_saved_model(letters, tmp_path):
 
 
 def test_resolve_precision():
-    assert fastpath.resolve_precision("float32") == "float32"
-    assert fastpath.resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
-    assert fastpath.resolve_precision("auto") == "float32"  # auto is decided by choose_path
+    assert fast_path.resolve_precision("float32") == "float32"
+    assert fast_path.resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
+    assert fast_path.resolve_precision("auto") == "float32"  # auto is decided by choose_path
     with pytest.raises(ValueError, match=r"Expected precision to be one of .* Received: precision='fp8'"):
-        models.build_model("arch1", precision="fp8")
+        vae.build_model("arch1", precision="fp8")
 
 
+@pytest.mark.slow
 def test_shards_give_the_same_step_as_the_whole_batch(letters):
     # The deterministic AE isolates the sharding: no random draws differ.
     x, _ = letters
     results = []
     for shards in (1, 2, 3):
-        model = models.build_model("ae", seed=0)
+        model = vae.build_model("ae", seed=0)
         model.shards = shards
         model.compile(optimizer=keras.optimizers.Adam(1e-3))
         logs = model.train_on_batch(x[:100], x[:100], return_dict=True)
@@ -176,7 +178,7 @@ def loss_and_gradients(model, noisy, clean, epsilon, fused):
 
 
 @pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
-@pytest.mark.parametrize("name", models.ARCHITECTURES)
+@pytest.mark.parametrize("name", constants.ARCHITECTURES)
 def test_training_loss_and_gradients_equal_the_plain_layers(name, precision, letters):
     """The fused computations of the training step change nothing but speed (and bfloat16 rounding).
 
@@ -189,7 +191,7 @@ def test_training_loss_and_gradients_equal_the_plain_layers(name, precision, let
     clean = x[:40]
     noisy = np.clip(clean + np.random.default_rng(0).normal(0, 0.5, clean.shape), 0, 1).astype(np.float32)
     epsilon = np.random.default_rng(1).normal(size=(40, 2)).astype(np.float32)
-    model = models.build_model(name, seed=0, precision=precision)
+    model = vae.build_model(name, seed=0, precision=precision)
     plain_loss, plain_gradients = loss_and_gradients(model, noisy, clean, epsilon, fused=False)
     fused_loss, fused_gradients = loss_and_gradients(model, noisy, clean, epsilon, fused=True)
     assert len(fused_gradients) == len(plain_gradients) == len(model.trainable_weights)
@@ -198,7 +200,7 @@ def test_training_loss_and_gradients_equal_the_plain_layers(name, precision, let
         for fused, plain in zip(fused_gradients, plain_gradients):
             np.testing.assert_allclose(fused, plain, rtol=1e-4, atol=1e-4 * np.abs(plain).max())
     else:
-        exact_loss, exact_gradients = loss_and_gradients(models.build_model(name, seed=0), noisy, clean, epsilon,
+        exact_loss, exact_gradients = loss_and_gradients(vae.build_model(name, seed=0), noisy, clean, epsilon,
                                                          fused=False)
         for fused, plain, exact in zip(fused_gradients, plain_gradients, exact_gradients):
             def error(gradient):
@@ -209,8 +211,8 @@ def test_training_loss_and_gradients_equal_the_plain_layers(name, precision, let
 
 def test_sharded_vae_losses_cover_every_image_once(letters):
     x, _ = letters
-    model = models.build_model("arch1", seed=0)
-    whole = models.kl_divergence(*model.encode(x[:100])[:2])
+    model = vae.build_model("arch1", seed=0)
+    whole = losses.kl_divergence(*model.encode(x[:100])[:2])
     for shards in (1, 2, 3):
         model.shards = shards
         reconstruction, kl, accuracy = model._sharded_losses(x[:100], x[:100], training=False)
@@ -238,13 +240,13 @@ TABLE = {("float32", 1): 0.010, ("float32", 2): 0.006, ("mixed_bfloat16", 1): 0.
 @pytest.fixture
 def two_cores_with_bfloat16(monkeypatch):
     monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "2")
-    monkeypatch.setattr(fastpath, "_native_bfloat16", lambda: True)
+    monkeypatch.setattr(fast_path, "_native_bfloat16", lambda: True)
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
 
 
 def test_choose_path_times_every_candidate_and_takes_the_fastest(tmp_path, two_cores_with_bfloat16):
     timer = StandInTimer(TABLE)
-    choice = fastpath.choose_path({"architecture": "arch1"}, timer, cache_file=tmp_path / "c.json")
+    choice = fast_path.choose_path({"architecture": "arch1"}, timer, cache_file=tmp_path / "c.json")
     assert sorted(timer.calls) == sorted(TABLE)
     assert (choice.precision, choice.shards, choice.source) == ("float32", 2, "measured")
     assert choice.step_ms == {"float32/1": 10.0, "float32/2": 6.0, "mixed_bfloat16/1": 9.0, "mixed_bfloat16/2": 8.0}
@@ -252,23 +254,23 @@ def test_choose_path_times_every_candidate_and_takes_the_fastest(tmp_path, two_c
 
 
 def test_choose_path_reuses_the_cached_decision(tmp_path, two_cores_with_bfloat16):
-    fastpath.choose_path({"architecture": "arch1"}, StandInTimer(TABLE), cache_file=tmp_path / "c.json")
+    fast_path.choose_path({"architecture": "arch1"}, StandInTimer(TABLE), cache_file=tmp_path / "c.json")
     timer = StandInTimer({key: 1.0 for key in TABLE})  # would choose otherwise if it timed
-    choice = fastpath.choose_path({"architecture": "arch1"}, timer, cache_file=tmp_path / "c.json")
+    choice = fast_path.choose_path({"architecture": "arch1"}, timer, cache_file=tmp_path / "c.json")
     assert timer.calls == [] and (choice.precision, choice.shards, choice.source) == ("float32", 2, "cached")
     # Another architecture is another decision.
-    other = fastpath.choose_path({"architecture": "arch3"}, timer, cache_file=tmp_path / "c.json")
+    other = fast_path.choose_path({"architecture": "arch3"}, timer, cache_file=tmp_path / "c.json")
     assert len(timer.calls) == 4 and other.source == "measured"
 
 
 @pytest.mark.parametrize("field, value", [("tensorflow", "2.0.0"), ("cpu", "Another CPU"), ("cores", 16)])
 def test_a_decision_from_another_machine_or_tensorflow_is_ignored(tmp_path, two_cores_with_bfloat16, monkeypatch,
                                                                   field, value):
-    fastpath.choose_path({"architecture": "arch1"}, StandInTimer(TABLE), cache_file=tmp_path / "c.json")
-    real_key = fastpath.machine_key
-    monkeypatch.setattr(fastpath, "machine_key", lambda: {**real_key(), field: value})
+    fast_path.choose_path({"architecture": "arch1"}, StandInTimer(TABLE), cache_file=tmp_path / "c.json")
+    real_key = fast_path.machine_key
+    monkeypatch.setattr(fast_path, "machine_key", lambda: {**real_key(), field: value})
     timer = StandInTimer(TABLE)
-    choice = fastpath.choose_path({"architecture": "arch1"}, timer, cache_file=tmp_path / "c.json")
+    choice = fast_path.choose_path({"architecture": "arch1"}, timer, cache_file=tmp_path / "c.json")
     assert len(timer.calls) == 4 and choice.source == "measured"
 
 
@@ -278,15 +280,15 @@ def test_two_cpus_of_one_name_are_two_machines():
         processor = (f"processor\t: {{}}\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: {model}\n"
                      "model name\t: Intel(R) Xeon(R) Processor\nstepping\t: 1\nflags\t\t: fpu avx512f\n")
         return "\n".join(processor.format(index) for index in range(2))
-    assert fastpath.cpu_name(cpuinfo(207)) == "Intel(R) Xeon(R) Processor (family 6, model 207, stepping 1)"
-    assert fastpath.cpu_name(cpuinfo(167)) == "Intel(R) Xeon(R) Processor (family 6, model 167, stepping 1)"
-    assert fastpath.cpu_name("processor\t: 0\nBogoMIPS\t: 48.00\n") is None  # no model name (some ARM kernels)
+    assert fast_path.cpu_name(cpuinfo(207)) == "Intel(R) Xeon(R) Processor (family 6, model 207, stepping 1)"
+    assert fast_path.cpu_name(cpuinfo(167)) == "Intel(R) Xeon(R) Processor (family 6, model 167, stepping 1)"
+    assert fast_path.cpu_name("processor\t: 0\nBogoMIPS\t: 48.00\n") is None  # no model name (some ARM kernels)
 
 
 def test_a_damaged_cache_is_rebuilt(tmp_path, two_cores_with_bfloat16, caplog):
     cache = tmp_path / "c.json"
     cache.write_text('{"entries": {"trunc')
-    choice = fastpath.choose_path({"architecture": "arch1"}, StandInTimer(TABLE), cache_file=cache)
+    choice = fast_path.choose_path({"architecture": "arch1"}, StandInTimer(TABLE), cache_file=cache)
     assert choice.source == "measured"
     assert "fast-path cache" in caplog.text and "unreadable" in caplog.text
     assert len(json.loads(cache.read_text())["entries"]) == 1  # rewritten whole
@@ -295,32 +297,32 @@ def test_a_damaged_cache_is_rebuilt(tmp_path, two_cores_with_bfloat16, caplog):
 def test_an_unwritable_cache_folder_warns_and_still_decides(tmp_path, two_cores_with_bfloat16, caplog):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    choice = fastpath.choose_path({"architecture": "arch1"}, StandInTimer(TABLE), cache_file=blocker / "c.json")
+    choice = fast_path.choose_path({"architecture": "arch1"}, StandInTimer(TABLE), cache_file=blocker / "c.json")
     assert choice.precision == "float32" and "could not write the fast-path cache" in caplog.text
 
 
 def test_explicit_precision_is_never_overridden(tmp_path, two_cores_with_bfloat16):
     timer = StandInTimer(TABLE)
-    choice = fastpath.choose_path({"architecture": "arch1"}, timer, precision="mixed_bfloat16",
+    choice = fast_path.choose_path({"architecture": "arch1"}, timer, precision="mixed_bfloat16",
                                   cache_file=tmp_path / "c.json")
     assert {precision for precision, _ in timer.calls} == {"mixed_bfloat16"}
     assert (choice.precision, choice.shards) == ("mixed_bfloat16", 2)
     # With the shards given too there is nothing to time.
-    given = fastpath.choose_path({"architecture": "arch1"}, timer, precision="float32", shards=1)
+    given = fast_path.choose_path({"architecture": "arch1"}, timer, precision="float32", shards=1)
     assert (given.precision, given.shards, given.source, given.step_ms) == ("float32", 1, "given", {})
 
 
 def test_candidates_follow_the_hardware(monkeypatch):
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
     monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "1")
-    monkeypatch.setattr(fastpath, "_native_bfloat16", lambda: False)
-    assert fastpath.candidate_paths("auto") == [("float32", 1)]  # emulated bfloat16 is not worth timing
+    monkeypatch.setattr(fast_path, "_native_bfloat16", lambda: False)
+    assert fast_path.candidate_paths("auto") == [("float32", 1)]  # emulated bfloat16 is not worth timing
     monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "8")
-    monkeypatch.setattr(fastpath, "_native_bfloat16", lambda: True)
-    assert fastpath.candidate_paths("auto") == [("float32", 1), ("float32", 4), ("mixed_bfloat16", 1),
+    monkeypatch.setattr(fast_path, "_native_bfloat16", lambda: True)
+    assert fast_path.candidate_paths("auto") == [("float32", 1), ("float32", 4), ("mixed_bfloat16", 1),
                                                 ("mixed_bfloat16", 4)]
     with pytest.raises(ValueError, match=r"Expected shards to be an integer >= 1 or None. Received: shards=0"):
-        fastpath.candidate_paths("auto", shards=0)
+        fast_path.candidate_paths("auto", shards=0)
 
 
 def test_candidates_are_timed_in_turn_and_keep_their_fastest_block(tmp_path, two_cores_with_bfloat16):
@@ -333,8 +335,8 @@ def test_candidates_are_timed_in_turn_and_keep_their_fastest_block(tmp_path, two
             return TABLE[(precision, shards)] * next(spells)
         return timer
 
-    choice = fastpath.choose_path({"architecture": "arch1"}, prepare, cache_file=tmp_path / "c.json", blocks=5)
-    candidates = fastpath.candidate_paths("auto")
+    choice = fast_path.choose_path({"architecture": "arch1"}, prepare, cache_file=tmp_path / "c.json", blocks=5)
+    candidates = fast_path.candidate_paths("auto")
     one_shard = [("float32", 1), ("mixed_bfloat16", 1)]
     assert order == one_shard * 2 + candidates * 3
     assert choice.step_ms == {"float32/1": 10.0, "float32/2": 6.0, "mixed_bfloat16/1": 9.0, "mixed_bfloat16/2": 8.0}
@@ -350,7 +352,7 @@ def test_the_choice_compares_blocks_of_one_round(tmp_path, two_cores_with_bfloat
         blocks = iter(rounds[(precision, shards)])
         return lambda: next(blocks)
 
-    choice = fastpath.choose_path({"architecture": "arch1"}, prepare, cache_file=tmp_path / "c.json", blocks=5)
+    choice = fast_path.choose_path({"architecture": "arch1"}, prepare, cache_file=tmp_path / "c.json", blocks=5)
     assert (choice.precision, choice.shards) == ("mixed_bfloat16", 2)
     assert choice.step_ms == {"float32/1": 8.2, "mixed_bfloat16/1": 6.6, "mixed_bfloat16/2": 5.6}
 
@@ -360,30 +362,30 @@ def test_a_precision_much_slower_at_one_shard_is_not_traced_at_more(tmp_path, tw
     table = {("float32", 1): 0.0119, ("float32", 2): 0.0093, ("mixed_bfloat16", 1): 0.0075,
              ("mixed_bfloat16", 2): 0.0062}
     timer = StandInTimer(table)
-    choice = fastpath.choose_path({"architecture": "arch3"}, timer, cache_file=tmp_path / "c.json")
+    choice = fast_path.choose_path({"architecture": "arch3"}, timer, cache_file=tmp_path / "c.json")
     assert timer.calls == [("float32", 1), ("mixed_bfloat16", 1), ("mixed_bfloat16", 2)]
     assert (choice.precision, choice.shards) == ("mixed_bfloat16", 2)
     assert choice.step_ms == {"float32/1": 11.9, "mixed_bfloat16/1": 7.5, "mixed_bfloat16/2": 6.2}
     # Within the margin, both precisions are timed at every shard count.
     close = {**table, ("float32", 1): 0.0097}
-    assert len(fastpath.choose_path({"architecture": "arch3"}, StandInTimer(close), cache_file=False).step_ms) == 4
+    assert len(fast_path.choose_path({"architecture": "arch3"}, StandInTimer(close), cache_file=False).step_ms) == 4
 
 
 def test_training_step_timer_times_the_real_model():
-    timer = training.training_step_timer("arch2", precision="float32", shards=2, steps=3)
+    timer = step_timing.training_step_timer("arch2", precision="float32", shards=2, steps=3)
     assert all(0 < timer() < 5 for _ in range(2))
 
 
 def test_choose_fast_path_times_the_real_model_then_reads_the_cache(tmp_path):
     cache_file = tmp_path / "fast_path.json"
-    measured = training.choose_fast_path("ae", cache_file=cache_file)
-    candidates = fastpath.candidate_paths("auto")
+    measured = step_timing.choose_fast_path("ae", cache_file=cache_file)
+    candidates = fast_path.candidate_paths("auto")
     timed = set(measured.step_ms)
     assert measured.source == "measured" and timed <= {f"{p}/{n}" for p, n in candidates}
     assert {f"{p}/{n}" for p, n in candidates if n == 1} <= timed  # every precision at one shard
     assert all(0 < ms < 5000 for ms in measured.step_ms.values()) and measured.decide_seconds > 0
     assert measured.step_ms[f"{measured.precision}/{measured.shards}"] == min(measured.step_ms.values())
-    again = training.choose_fast_path("ae", cache_file=cache_file)
+    again = step_timing.choose_fast_path("ae", cache_file=cache_file)
     assert (again.source, again.precision, again.shards, again.step_ms) == \
         ("cached", measured.precision, measured.shards, measured.step_ms)
 
@@ -395,8 +397,8 @@ def test_loss_from_logits_equals_the_loss_of_the_sigmoid_with_its_gradient():
                          .astype(np.float32))
     clean = tf.constant(rng.random((4, 28, 28, 1)).astype(np.float32))
     results = []
-    for compute in (lambda a: models.reconstruction_loss(clean, tf.sigmoid(a)),
-                    lambda a: models.reconstruction_loss_from_logits(clean, a)[0]):
+    for compute in (lambda a: losses.reconstruction_loss(clean, tf.sigmoid(a)),
+                    lambda a: losses.reconstruction_loss_from_logits(clean, a)[0]):
         with tf.GradientTape() as tape:
             tape.watch(logits)
             loss = compute(logits)
@@ -407,19 +409,19 @@ def test_loss_from_logits_equals_the_loss_of_the_sigmoid_with_its_gradient():
     np.testing.assert_array_equal(loss, plain_loss)  # float32 logits: the very same operations
     np.testing.assert_allclose(gradient, plain_gradient, rtol=1e-4, atol=1e-6)
     assert np.all(gradient[3] == 0)  # every probability clipped
-    probabilities = models.reconstruction_loss_from_logits(clean, logits)[1]
+    probabilities = losses.reconstruction_loss_from_logits(clean, logits)[1]
     np.testing.assert_array_equal(np.asarray(probabilities), np.asarray(tf.sigmoid(logits)))
 
 
 @pytest.mark.parametrize("name, last", [("arch1", "flat_decoded"), ("ae", "flat_decoded"), ("arch2", "flat_decoder"),
                                         ("arch3", "decoder_conv4")])
 def test_the_decoders_logits_are_the_sigmoids_input(name, last):
-    model = models.build_model(name, seed=0)
+    model = vae.build_model(name, seed=0)
     _, (kind, pair), after = model._decoder_logits
     assert pair[-1].name == last and kind == ("upsample_conv" if name == "arch3" else "layer")
     assert all(isinstance(layer, keras.layers.Reshape) for _, reshapes in after for layer in reshapes)
     z = np.random.default_rng(2).normal(size=(5, 2)).astype(np.float32)
-    logits = fastpath.run_logits(model._decoder_logits, z)
+    logits = fused_layers.run_logits(model._decoder_logits, z)
     assert tuple(logits.shape) == (5, 28, 28, 1)
     np.testing.assert_allclose(np.asarray(tf.sigmoid(logits)), np.asarray(model.decoder(z)), atol=1e-6)
     np.testing.assert_array_equal(np.asarray(model.decode_logits(z)), np.asarray(logits))
@@ -430,9 +432,9 @@ def test_the_decoders_logits_are_the_sigmoids_input(name, last):
 def test_a_decoder_without_a_sigmoid_output_has_no_logits_plan():
     inputs = keras.Input((2,))
     outputs = keras.layers.Reshape((28, 28, 1))(keras.layers.Dense(784, activation="relu")(inputs))
-    assert fastpath.plan_logits(fastpath.plan_decoder(keras.Model(inputs, outputs))) is None
+    assert fused_layers.plan_logits(fused_layers.plan_decoder(keras.Model(inputs, outputs))) is None
     outputs = keras.layers.Activation("sigmoid")(keras.layers.Dense(784)(inputs))
-    assert fastpath.plan_logits(fastpath.plan_decoder(keras.Model(inputs, outputs))) is None
+    assert fused_layers.plan_logits(fused_layers.plan_decoder(keras.Model(inputs, outputs))) is None
 
 
 def test_a_decision_timed_on_other_training_code_is_timed_again(tmp_path, monkeypatch):
@@ -442,24 +444,24 @@ def test_a_decision_timed_on_other_training_code_is_timed_again(tmp_path, monkey
     def stand_in_timer(model, shards, batch_size, steps=8):
         timed.append((model.precision, shards, model))
         return (lambda: None), (lambda: 0.001 * shards)  # one shard always wins
-    monkeypatch.setattr(training, "_step_timer", stand_in_timer)
-    monkeypatch.setattr(training, "_timing_model", lambda *args: types.SimpleNamespace(precision=args[-1]))
-    first = training.choose_fast_path("arch2", cache_file=cache_file)
+    monkeypatch.setattr(step_timing, "_step_timer", stand_in_timer)
+    monkeypatch.setattr(step_timing, "_timing_model", lambda *args: types.SimpleNamespace(precision=args[-1]))
+    first = step_timing.choose_fast_path("arch2", cache_file=cache_file)
     assert first.source == "measured" and first.shards == 1
-    candidates = fastpath.candidate_paths("auto")
+    candidates = fast_path.candidate_paths("auto")
     assert sorted((p, n) for p, n, _ in timed) == sorted(candidates)
     # one model per precision, shared by its shard counts
     assert len({id(model) for _, _, model in timed}) == len({p for p, _ in candidates})
-    assert training.choose_fast_path("arch2", cache_file=cache_file).source == "cached"
-    monkeypatch.setattr(training, "step_code_key", lambda: "another-version")
-    assert training.choose_fast_path("arch2", cache_file=cache_file).source == "measured"
+    assert step_timing.choose_fast_path("arch2", cache_file=cache_file).source == "cached"
+    monkeypatch.setattr(step_timing, "step_code_key", lambda: "another-version")
+    assert step_timing.choose_fast_path("arch2", cache_file=cache_file).source == "measured"
     assert len(json.loads(cache_file.read_text())["entries"]) == 2
 
 
 def test_the_step_code_key_follows_the_code(tmp_path, monkeypatch):
-    key = training.step_code_key()
-    assert len(key) == 16 and key == training.step_code_key()
-    edited = tmp_path / "fastpath.py"
-    edited.write_text(open(fastpath.__file__).read() + "# an edit\n")
-    monkeypatch.setattr(fastpath, "__file__", str(edited))
-    assert training.step_code_key() != key
+    key = step_timing.step_code_key()
+    assert len(key) == 16 and key == step_timing.step_code_key()
+    edited = tmp_path / "fused.py"
+    edited.write_text(open(fused_layers.__file__).read() + "# an edit\n")
+    monkeypatch.setattr(fused_layers, "__file__", str(edited))
+    assert step_timing.step_code_key() != key

@@ -8,9 +8,12 @@ import time
 
 import pytest
 
-import assignment_5
-import startup
-import training
+from denoising_vae.core import runtime as startup
+from denoising_vae.data import sources
+from denoising_vae.models import vae
+from denoising_vae.study import cli
+from denoising_vae.study import config as study_config, resources
+from denoising_vae.training import loop
 from conftest import REPO
 
 SLOW = ["--data", "synthetic", "--train-size", "1300", "--test-size", "52", "--epochs", "4", "--models", "ae",
@@ -51,6 +54,7 @@ def ctrl_c_reaches_children():
     signal.signal(signal.SIGINT, previous)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_with_one_line_and_the_same_command_resumes(tmp_path, ctrl_c_reaches_children):
     out = tmp_path / "run"
     process = launch(SLOW, out)
@@ -72,9 +76,10 @@ def test_ctrl_c_stops_with_one_line_and_the_same_command_resumes(tmp_path, ctrl_
     assert resumed.returncode == 0, stderr
     assert f"ae: resumed after epoch {done}" in stdout
     assert not [line for line in stderr.splitlines() if line.strip()], stderr
-    assert [row["epoch"] for row in training.read_history(out / "checkpoints" / "ae")] == [1, 2, 3, 4]
+    assert [row["epoch"] for row in loop.read_history(out / "checkpoints" / "ae")] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_a_terminal_stops_the_worker_processes_too_and_the_same_command_resumes(
         tmp_path, ctrl_c_reaches_children, capsys):
     out = tmp_path / "run"
@@ -102,14 +107,14 @@ def test_ctrl_c_in_a_terminal_stops_the_worker_processes_too_and_the_same_comman
     assert stdout.count("ae: epoch 1/4") == 0 and "arch2: test loss " in stdout
     assert not [line for line in stderr.splitlines() if line.strip()], stderr
     for name in ("ae", "arch2"):
-        assert [row["epoch"] for row in training.read_history(out / "checkpoints" / name)] == [1, 2, 3, 4]
+        assert [row["epoch"] for row in loop.read_history(out / "checkpoints" / name)] == [1, 2, 3, 4]
         assert (out / f"{name}.keras").is_file()
     results = json.loads((out / "results.json").read_text())
     assert list(results["models"]) == ["ae", "arch2"] and results["workers"] == 2
     assert all(entry["epochs"] == 4 and entry["fast_path"]["shards"] == 1 for entry in results["models"].values())
     assert "2 models trained at a time" in (out / "report.md").read_text()
     # The same folder in one process: both models are found finished.
-    assert assignment_5.main(flags[:-2] + ["--workers", "1", "--out", str(out)]) == 0
+    assert cli.main(flags[:-2] + ["--workers", "1", "--out", str(out)]) == 0
     assert capsys.readouterr().out.count("already finished") == 2
 
 
@@ -121,6 +126,7 @@ def group_alive(group):
     return True
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_out_is_refused_and_a_killed_runs_lock_blocks_nothing(tmp_path):
     out = tmp_path / "run"
     first = launch(SLOW, out)
@@ -145,15 +151,15 @@ def test_a_second_run_on_the_same_out_is_refused_and_a_killed_runs_lock_blocks_n
 
 def test_a_diverging_model_names_model_epoch_and_flag_and_keeps_finished_results(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
-    real = training.train_model
+    real = loop.train_model
 
     def diverge_for_arch2(model, *args, **kwargs):
         if model.architecture == "arch2":
-            raise training.NonFiniteLossError("training diverged: loss became nan in epoch 1 at batch 2", epoch=1)
+            raise loop.NonFiniteLossError("training diverged: loss became nan in epoch 1 at batch 2", epoch=1)
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(training, "train_model", diverge_for_arch2)  # in this process: one worker
-    assert assignment_5.main(SMALL + ["--models", "ae,arch2", "--workers", "1", "--out", str(out)]) == 2
+    monkeypatch.setattr(loop, "train_model", diverge_for_arch2)  # in this process: one worker
+    assert cli.main(SMALL + ["--models", "ae,arch2", "--workers", "1", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "arch2: training diverged in epoch 1" in err and "lower --learning-rate (now 0.001)" in err
@@ -163,22 +169,22 @@ def test_a_diverging_model_names_model_epoch_and_flag_and_keeps_finished_results
 
 def test_a_real_divergence_names_its_epoch(tmp_path):
     x = __import__("numpy").random.default_rng(0).random((200, 28, 28, 1)).astype("float32")
-    import models
 
-    with pytest.raises(training.NonFiniteLossError, match=r"in epoch 1 at batch \d+; lower the learning rate "
+    with pytest.raises(loop.NonFiniteLossError, match=r"in epoch 1 at batch \d+; lower the learning rate "
                                                           r"\(now 1e\+09\)") as raised:
-        training.train_model(models.build_model("arch2", seed=0), x, x[:100], run_dir=tmp_path, epochs=2,
+        loop.train_model(vae.build_model("arch2", seed=0), x, x[:100], run_dir=tmp_path, epochs=2,
                              learning_rate=1e9, verbose=0)
     assert raised.value.epoch == 1
 
 
+@pytest.mark.slow
 def test_a_damaged_results_json_is_kept_aside_and_rebuilt(tmp_path, capsys):
     out = tmp_path / "run"
-    assert assignment_5.main(SMALL + ["--models", "ae", "--out", str(out)]) == 0
+    assert cli.main(SMALL + ["--models", "ae", "--out", str(out)]) == 0
     good = json.loads((out / "results.json").read_text())
     (out / "results.json").write_text('{"data": {"source": "synth')  # truncated by a crash
     capsys.readouterr()
-    assert assignment_5.main(SMALL + ["--models", "ae", "--out", str(out)]) == 0
+    assert cli.main(SMALL + ["--models", "ae", "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert "results.json is unreadable" in err and "kept as results.json.damaged" in err
     assert (out / "results.json.damaged").read_text().startswith('{"data"')
@@ -186,37 +192,38 @@ def test_a_damaged_results_json_is_kept_aside_and_rebuilt(tmp_path, capsys):
     assert rebuilt["models"]["ae"]["test"] == good["models"]["ae"]["test"]  # the same model, evaluated again
 
 
+@pytest.mark.slow
 def test_a_damaged_final_model_is_evaluated_again_from_its_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
-    assert assignment_5.main(SMALL + ["--models", "ae", "--out", str(out)]) == 0
+    assert cli.main(SMALL + ["--models", "ae", "--out", str(out)]) == 0
     (out / "ae.keras").write_bytes(b"not a model")
     capsys.readouterr()
-    assert assignment_5.main(SMALL + ["--models", "ae", "--out", str(out)]) == 0
+    assert cli.main(SMALL + ["--models", "ae", "--out", str(out)]) == 0
     assert "ae.keras is unreadable" in capsys.readouterr().err
     assert (out / "ae.keras").stat().st_size > 1000
 
 
 def test_a_damaged_history_keeps_its_good_rows(tmp_path, caplog):
     (tmp_path / "history.csv").write_text("epoch,loss,seconds\n1,3.5,1.0\n2,3.")
-    rows = training.read_history(tmp_path)
+    rows = loop.read_history(tmp_path)
     assert rows == [{"epoch": 1, "loss": 3.5, "seconds": 1.0}]
     assert "history.csv is damaged after 1 rows" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_run_folder_made_on_other_images_of_the_same_source_is_refused(tmp_path, capsys, monkeypatch):
-    import data_prepro
 
     out = tmp_path / "run"
-    assert assignment_5.main(SMALL + ["--models", "ae", "--out", str(out)]) == 0
+    assert cli.main(SMALL + ["--models", "ae", "--out", str(out)]) == 0
     stored = json.loads((out / "results.json").read_text())["data"]
     assert len(stored["digest"]) == 16
     # A changed generator: same source, sizes and seed, other letters.
-    drawn = data_prepro.synthetic_letters
-    monkeypatch.setattr(data_prepro, "synthetic_letters", lambda labels, seed, bank_cache=None:
+    drawn = sources.synthetic_letters
+    monkeypatch.setattr(sources, "synthetic_letters", lambda labels, seed, bank_cache=None:
                         255 - drawn(labels, seed, bank_cache=bank_cache))
-    monkeypatch.setattr(data_prepro, "generator_key", lambda: "a-changed-generator")
+    monkeypatch.setattr(sources, "generator_key", lambda: "a-changed-generator")
     capsys.readouterr()
-    assert assignment_5.main(SMALL + ["--models", "ae,arch2", "--out", str(out)]) == 2
+    assert cli.main(SMALL + ["--models", "ae,arch2", "--out", str(out)]) == 2
     assert capsys.readouterr().err == (
         f"assignment_5.py: error: --out {out} holds results on other images of the same source "
         f"({stored['description']}; the generator or the archive changed since); choose another --out\n")
@@ -226,7 +233,7 @@ def test_a_run_folder_made_on_other_images_of_the_same_source_is_refused(tmp_pat
 def test_out_naming_an_existing_file_is_refused(tmp_path, capsys):
     target = tmp_path / "a-file"
     target.write_text("x")
-    assert assignment_5.main(SMALL + ["--out", str(target)]) == 2
+    assert cli.main(SMALL + ["--out", str(target)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"--out {target} is not a writable folder" in err
 
@@ -244,24 +251,25 @@ def test_tensorflow_start_up_notices_are_recognised():
 
 def test_sizes_that_cannot_fit_are_refused_before_anything_is_allocated(tmp_path, capsys):
     out = tmp_path / "run"
-    assert assignment_5.main(["--data", "synthetic", "--train-size", "100000000", "--out", str(out)]) == 2
+    assert cli.main(["--data", "synthetic", "--train-size", "100000000", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--train-size 100,000,000 needs about" in err
     assert "GiB available; the largest --train-size that fits is about" in err
     largest = int(err.rsplit("about ", 1)[1].strip().replace(",", ""))
-    config = assignment_5.StudyConfig(train_size=largest)
-    assert assignment_5.memory_needed(largest, None) <= assignment_5.available_memory()
-    assert assignment_5.memory_needed(int(largest * 1.01) + 10, None) > assignment_5.available_memory()
+    config = study_config.StudyConfig(train_size=largest)
+    assert resources.memory_needed(largest, None) <= resources.available_memory()
+    assert resources.memory_needed(int(largest * 1.01) + 10, None) > resources.available_memory()
     assert config.train_size == largest and not (out / "results.json").exists()
 
 
 def test_sizes_beyond_real_emnist_are_refused(tiny_zip, tmp_path, capsys):
     path, _ = tiny_zip
-    assert assignment_5.main(["--data", str(path), "--train-size", "100000", "--out", str(tmp_path / "r")]) == 2
+    assert cli.main(["--data", str(path), "--train-size", "100000", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "train_size" in err
 
 
+@pytest.mark.slow
 def test_without_a_writable_cache_the_run_works_uncached_with_one_warning(tmp_path, monkeypatch, caplog, capsys):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("x")
@@ -269,10 +277,11 @@ def test_without_a_writable_cache_the_run_works_uncached_with_one_warning(tmp_pa
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker / "cache"))
     monkeypatch.delenv("DENOISING_VAE_NO_CACHE", raising=False)
     out = tmp_path / "run"
-    assert assignment_5.main(SMALL + ["--models", "ae", "--out", str(out)]) == 0
+    assert cli.main(SMALL + ["--models", "ae", "--out", str(out)]) == 0
     assert json.loads((out / "results.json").read_text())["models"]["ae"]["epochs"] == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "warning: no writable cache folder" in err
     assert not [r.getMessage() for r in caplog.records  # nothing of the package's complained
-                if r.levelname == "WARNING" and r.name in ("data_prepro", "fastpath", "training")]
-    assert os.environ["DENOISING_VAE_NO_CACHE"] == "1"
+                if r.levelname == "WARNING" and r.name.startswith("denoising_vae")]
+    # Uncached for the run only: a notebook that runs a study keeps its caches afterwards.
+    assert "DENOISING_VAE_NO_CACHE" not in os.environ

@@ -9,9 +9,13 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-import assignment_5
-import data_prepro
-import plots
+from denoising_vae import plots
+from denoising_vae.core import constants
+from denoising_vae.data import sources
+from denoising_vae.models import vae
+from denoising_vae.study import cli, figures, run_folder
+from denoising_vae.study import study as single_study
+from denoising_vae.training import loop
 from conftest import REPO
 
 SMALL = ["--data", "synthetic", "--train-size", "260", "--test-size", "52", "--epochs", "1"]
@@ -103,16 +107,17 @@ def test_comparison_panels():
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("quick")
     # In this process: test_faults.py runs a study on worker processes (the default on several cores).
-    status = assignment_5.main(["--quick", "--data", "synthetic", "--workers", "1", "--out", str(out)])
+    status = cli.main(["--quick", "--data", "synthetic", "--workers", "1", "--out", str(out)])
     return status, out
 
 
+@pytest.mark.slow
 def test_quick_study_writes_every_output(quick_run):
     status, out = quick_run
     assert status == 0
     results = json.loads((out / "results.json").read_text())
     # The digest is SHA-256 of the very images trained and tested on (train, then test).
-    loaded = data_prepro.input_read("synthetic", train_size=2600, test_size=520, seed=0)
+    loaded = sources.input_read("synthetic", train_size=2600, test_size=520, seed=0)
     digest = hashlib.sha256(loaded[0][0].tobytes() + loaded[1][0].tobytes())
     assert results["data"] == {"source": "synthetic", "description": results["data"]["description"],
                                "path": None, "train": 2600, "test": 520, "digest": digest.hexdigest()[:16]}
@@ -135,6 +140,7 @@ def test_quick_study_writes_every_output(quick_run):
     assert config["epochs"] == 2 and config["train_size"] == 2600 and config["quick"] is True
 
 
+@pytest.mark.slow
 def test_report_links_only_existing_figures(quick_run):
     _, out = quick_run
     report = (out / "report.md").read_text()
@@ -144,64 +150,64 @@ def test_report_links_only_existing_figures(quick_run):
     assert "synthetic capitals" in report and "| test loss |" in report and "Total time" in report
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_models(quick_run, capsys):
     status, out = quick_run
     before = json.loads((out / "results.json").read_text())
-    assert assignment_5.main(["--quick", "--data", "synthetic", "--out", str(out)]) == 0
+    assert cli.main(["--quick", "--data", "synthetic", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert printed.count("already finished") == 4 and "training" not in printed
     after = json.loads((out / "results.json").read_text())
     assert after["models"] == before["models"]
 
 
+@pytest.mark.slow
 def test_resume_after_interruption(tmp_path, capsys):
-    import models
-    import training
 
     out = tmp_path / "run"
-    assert assignment_5.main(SMALL + ["--models", "arch2", "--out", str(out)]) == 0
+    assert cli.main(SMALL + ["--models", "arch2", "--out", str(out)]) == 0
     # As if a run with ae had been killed after ae's checkpoint but before its results were written.
-    (x, _), (xt, _) = data_prepro.input_read("synthetic", train_size=260, test_size=52, seed=0)
-    model = models.build_model("ae", seed=1, precision="auto")  # seed = --seed + position in --models
-    training.train_model(model, x, xt, run_dir=out / "checkpoints" / "ae", epochs=1, seed=1, verbose=0)
+    (x, _), (xt, _) = sources.input_read("synthetic", train_size=260, test_size=52, seed=0)
+    model = vae.build_model("ae", seed=1, precision="auto")  # seed = --seed + position in --models
+    loop.train_model(model, x, xt, run_dir=out / "checkpoints" / "ae", epochs=1, seed=1, verbose=0)
     capsys.readouterr()
-    assert assignment_5.main(SMALL[:-1] + ["2", "--models", "arch2,ae", "--out", str(out)]) == 2
+    assert cli.main(SMALL[:-1] + ["2", "--models", "arch2,ae", "--out", str(out)]) == 2
     assert "holds a run made with epochs=1, not 2" in capsys.readouterr().err
-    assert assignment_5.main(SMALL + ["--models", "arch2,ae", "--out", str(out)]) == 0
+    assert cli.main(SMALL + ["--models", "arch2,ae", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "arch2: already finished" in printed and "ae: training" in printed
     results = json.loads((out / "results.json").read_text())
     assert set(results["models"]) == {"arch2", "ae"} and results["models"]["ae"]["epochs"] == 1
 
 
+@pytest.mark.slow
 def test_resume_continues_an_interrupted_model(tmp_path, capsys):
-    import models
-    import training
 
     out = tmp_path / "run"
-    (x, _), (xt, _) = data_prepro.input_read("synthetic", train_size=260, test_size=52, seed=0)
+    (x, _), (xt, _) = sources.input_read("synthetic", train_size=260, test_size=52, seed=0)
     args = ["--data", "synthetic", "--train-size", "260", "--test-size", "52", "--epochs", "3", "--models", "ae"]
     # The first launch was killed after epoch 2 of 3: its checkpoint and config are on disk.
-    assignment_5.prepare_out(out, assignment_5.config_from_args(*assignment_5.parse_args(args + ["--out", str(out)])))
-    training.train_model(models.build_model("ae", seed=0, precision="auto"), x, xt,
+    run_folder.prepare_out(out, cli.config_from_args(*cli.parse_args(args + ["--out", str(out)])))
+    loop.train_model(vae.build_model("ae", seed=0, precision="auto"), x, xt,
                          run_dir=out / "checkpoints" / "ae", epochs=2, seed=0, verbose=0)
     capsys.readouterr()
-    assert assignment_5.main(args + ["--out", str(out)]) == 0
+    assert cli.main(args + ["--out", str(out)]) == 0
     assert "ae: resumed after epoch 2" in capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
     assert results["models"]["ae"]["epochs"] == 3 and len(results["models"]["ae"]["history"]["loss"]) == 3
 
 
 def test_models_are_split_into_balanced_chains_one_per_worker():
-    pending = list(enumerate(assignment_5.ARCHITECTURES))  # arch1, arch2, arch3, ae
-    assert assignment_5.balanced_chains(pending, 2) == [[(2, "arch3"), (1, "arch2")], [(0, "arch1"), (3, "ae")]]
-    assert assignment_5.balanced_chains(pending, 3) == [[(2, "arch3")], [(0, "arch1"), (1, "arch2")], [(3, "ae")]]
-    assert assignment_5.balanced_chains(pending[:1], 1) == [[(0, "arch1")]]
+    pending = list(enumerate(constants.ARCHITECTURES))  # arch1, arch2, arch3, ae
+    assert single_study.balanced_chains(pending, 2) == [[(2, "arch3"), (1, "arch2")], [(0, "arch1"), (3, "ae")]]
+    assert single_study.balanced_chains(pending, 3) == [[(2, "arch3")], [(0, "arch1"), (1, "arch2")], [(3, "ae")]]
+    assert single_study.balanced_chains(pending[:1], 1) == [[(0, "arch1")]]
 
 
+@pytest.mark.slow
 def test_with_workers_a_models_figures_wait_for_a_core_free_of_training(tmp_path, monkeypatch):
     finished, drawn = [], []
-    train_on_workers, model_figures = assignment_5._train_on_workers, assignment_5.model_figures
+    train_on_workers, model_figures = single_study._train_on_workers, figures.model_figures
 
     def recording_train(*args, **kwargs):
         for item in train_on_workers(*args, **kwargs):
@@ -212,13 +218,13 @@ def test_with_workers_a_models_figures_wait_for_a_core_free_of_training(tmp_path
         drawn.append((name, len(finished)))
         return model_figures(out, config, name, *args)
 
-    monkeypatch.setattr(assignment_5, "_train_on_workers", recording_train)
-    monkeypatch.setattr(assignment_5, "model_figures", recording_figures)
+    monkeypatch.setattr(single_study, "_train_on_workers", recording_train)
+    monkeypatch.setattr(figures, "model_figures", recording_figures)
     names = ["arch1", "arch2", "ae"]
     flags = SMALL + ["--models", ",".join(names), "--precision", "float32", "--workers", "2"]
-    assert assignment_5.main(flags + ["--out", str(tmp_path / "run")]) == 0
+    assert cli.main(flags + ["--out", str(tmp_path / "run")]) == 0
     # Each finish reports the chains (one per worker) that still have a model to train.
-    chains = assignment_5.balanced_chains(list(enumerate(names)), 2)
+    chains = single_study.balanced_chains(list(enumerate(names)), 2)
     assert chains == [[(0, "arch1"), (1, "arch2")], [(2, "ae")]]
     done = []
     for name, still_training in finished:
@@ -230,10 +236,11 @@ def test_with_workers_a_models_figures_wait_for_a_core_free_of_training(tmp_path
     assert all(position >= first_free for _, position in drawn)
 
 
+@pytest.mark.slow
 def test_a_model_diverging_in_a_worker_stops_the_run_with_one_line(tmp_path, capsys):
     out = tmp_path / "run"
     flags = SMALL + ["--models", "arch2,ae", "--precision", "float32", "--learning-rate", "1e9", "--workers", "2"]
-    assert assignment_5.main(flags + ["--out", str(out)]) == 2
+    assert cli.main(flags + ["--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert re.search(r"error: (arch2|ae): training diverged in epoch 1 \(the loss became NaN or infinite\); "
@@ -257,7 +264,7 @@ def test_a_model_diverging_in_a_worker_stops_the_run_with_one_line(tmp_path, cap
 ])
 def test_bad_flags(flags, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
-        assignment_5.main(flags + ["--out", str(tmp_path / "never")])
+        cli.main(flags + ["--out", str(tmp_path / "never")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
@@ -267,26 +274,27 @@ def test_bad_flags(flags, message, capsys, tmp_path):
 def test_unwritable_out_is_refused_before_training(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    assert assignment_5.main(SMALL + ["--out", str(blocker / "run")]) == 2
+    assert cli.main(SMALL + ["--out", str(blocker / "run")]) == 2
     err = capsys.readouterr().err
     assert "is not a writable folder" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_out_folder_of_another_configuration_is_refused(quick_run, capsys):
     _, out = quick_run
     before = (out / "results.json").read_text()
-    assert assignment_5.main(["--quick", "--data", "synthetic", "--seed", "1", "--out", str(out)]) == 2
+    assert cli.main(["--quick", "--data", "synthetic", "--seed", "1", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "holds a run made with seed=0, not 1; choose another --out" in err
     assert (out / "results.json").read_text() == before
 
 
 def test_missing_and_corrupt_data(tmp_path, capsys):
-    assert assignment_5.main(["--data", str(tmp_path / "gzip.zip"), "--out", str(tmp_path / "a")]) == 2
+    assert cli.main(["--data", str(tmp_path / "gzip.zip"), "--out", str(tmp_path / "a")]) == 2
     assert "does not exist" in capsys.readouterr().err
     bad = tmp_path / "bad.zip"
     bad.write_bytes(b"PK\x03\x04 broken")
-    assert assignment_5.main(["--data", str(bad), "--out", str(tmp_path / "b")]) == 2
+    assert cli.main(["--data", str(bad), "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert "not a readable zip archive" in err and err.count("\n") == 1
 
@@ -301,6 +309,7 @@ def test_cli_error_has_no_traceback():
 
 # ---------------------------------------------------------------- README
 
+@pytest.mark.slow
 def test_readme_snippet_runs(tmp_path, monkeypatch):
     readme = (REPO / "README.md").read_text()
     block = readme.split("<!-- snippet: start -->")[1].split("<!-- snippet: end -->")[0]

@@ -4,24 +4,18 @@ import json
 import logging
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats
 
-import assignment_5
-import sweep
-from conftest import REPO
+from denoising_vae.study import cli, cluster, run_folder, sweep
+from conftest import free_port
 
 TINY = ["--data", "synthetic", "--train-size", "260", "--test-size", "52", "--epochs", "2", "--models", "ae",
         "--precision", "float32"]
-DASK = Path(sys.executable).parent / "dask"
 
 
 # ---------------------------------------------------------------- cells and summaries
@@ -81,18 +75,17 @@ def test_sweep_csv_is_one_tidy_row_per_cell(tmp_path):
 ])
 def test_bad_sweep_flags_are_one_line_errors(flags, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        assignment_5.main(TINY + flags + ["--out", str(tmp_path / "run")])
+        cli.main(TINY + flags + ["--out", str(tmp_path / "run")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_unreachable_scheduler_is_refused_within_ten_seconds(tmp_path, capsys):
-    with socket.socket() as sock:  # a port where nothing listens
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens there
     started = time.perf_counter()
-    assert assignment_5.main(TINY + ["--scheduler", f"tcp://127.0.0.1:{port}", "--out", str(tmp_path)]) == 2
+    assert cli.main(TINY + ["--scheduler", f"tcp://127.0.0.1:{port}", "--out", str(tmp_path)]) == 2
     assert time.perf_counter() - started < 15
     err = capsys.readouterr().err
     assert f"--scheduler tcp://127.0.0.1:{port}: no Dask scheduler answered within 10 s" in err
@@ -101,19 +94,20 @@ def test_unreachable_scheduler_is_refused_within_ten_seconds(tmp_path, capsys):
 
 def test_out_made_with_other_sweep_settings_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
-    config = assignment_5.config_from_args(*assignment_5.parse_args(TINY + ["--latent-dim", "2,4", "--seeds", "2"]))
-    assignment_5.prepare_out(out, config)
-    assert assignment_5.main(TINY + ["--latent-dim", "2,8", "--seeds", "2", "--out", str(out)]) == 2
+    config = cli.config_from_args(*cli.parse_args(TINY + ["--latent-dim", "2,4", "--seeds", "2"]))
+    run_folder.prepare_out(out, config)
+    assert cli.main(TINY + ["--latent-dim", "2,8", "--seeds", "2", "--out", str(out)]) == 2
     assert "holds a run made with latent_dim=[2, 4], not [2, 8]" in capsys.readouterr().err
-    assert assignment_5.main(TINY + ["--latent-dim", "2,4", "--seeds", "3", "--out", str(out)]) == 2
+    assert cli.main(TINY + ["--latent-dim", "2,4", "--seeds", "3", "--out", str(out)]) == 2
     assert "holds a run made with seeds=2, not 3" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- real sweeps
 
+@pytest.mark.slow
 def test_two_worker_local_cluster_sweep_writes_every_cell_csv_summary_and_figures(tmp_path):
     out = tmp_path / "sweep"
-    assert assignment_5.main(TINY + ["--latent-dim", "2,4", "--seeds", "2", "--workers", "2",
+    assert cli.main(TINY + ["--latent-dim", "2,4", "--seeds", "2", "--workers", "2",
                                      "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     names = sorted(cell["name"] for cell in results["cells"])
@@ -131,20 +125,21 @@ def test_two_worker_local_cluster_sweep_writes_every_cell_csv_summary_and_figure
     assert "| ae | 2 | 0.5 | 1 |" in report and "(2) |" in report and "against_latent_dim.png" in report
     # Run again: every cell is found finished, nothing is trained.
     before = {p: p.stat().st_mtime for p in out.glob("cells/*/model.keras")}
-    assert assignment_5.main(TINY + ["--latent-dim", "2,4", "--seeds", "2", "--out", str(out)]) == 0
+    assert cli.main(TINY + ["--latent-dim", "2,4", "--seeds", "2", "--out", str(out)]) == 0
     assert {p: p.stat().st_mtime for p in out.glob("cells/*/model.keras")} == before
 
 
+@pytest.mark.slow
 def test_one_value_and_one_seed_is_todays_study(tmp_path):
     out = tmp_path / "run"
-    assert assignment_5.main(TINY + ["--out", str(out)]) == 0
+    assert cli.main(TINY + ["--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert "cells" not in results and set(results["models"]) == {"ae"}
 
 
 def test_a_diverging_cell_is_recorded_and_the_others_finish(tmp_path, capsys):
     out = tmp_path / "sweep"
-    code = assignment_5.main(TINY + ["--models", "arch2", "--beta", "1,0", "--learning-rate", "1e9", "--workers", "1",
+    code = cli.main(TINY + ["--models", "arch2", "--beta", "1,0", "--learning-rate", "1e9", "--workers", "1",
                                      "--out", str(out)])
     assert code == 1
     err = capsys.readouterr().err
@@ -154,48 +149,21 @@ def test_a_diverging_cell_is_recorded_and_the_others_finish(tmp_path, capsys):
                                               if cell["status"] == "failed")
 
 
-def start(command, **kwargs):
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
-                            start_new_session=True, **kwargs)
-
-
 @pytest.fixture
-def dask_cluster(tmp_path):
-    """A real ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1; yields the address."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    address = f"tcp://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_NUM_INTEROP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
-           "MPLBACKEND": "Agg"}
-    processes = [start([str(DASK), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                        "--dashboard-address", ":0"], env=env)]
-    processes += [start([str(DASK), "worker", address, "--nthreads", "1", "--nworkers", "1",
-                         "--local-directory", str(tmp_path / f"worker{i}")], env=env) for i in range(2)]
-    from dask.distributed import Client
-
-    client = Client(address, timeout="30s")
-    client.wait_for_workers(2, timeout=60)
-    try:
-        yield address, client
-    finally:
-        client.close()
-        for process in processes:
-            os.killpg(process.pid, signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+def dask_cluster(tmp_path, start_dask_cluster):
+    """A real ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1, started outside the
+    repository; yields ``(address, client)``."""
+    return start_dask_cluster(tmp_path, workers=2)
 
 
+@pytest.mark.slow
 def test_sweep_on_a_real_scheduler_survives_a_killed_worker(tmp_path, dask_cluster):
     address, client = dask_cluster
     out = tmp_path / "sweep"
     flags = ["--data", "synthetic", "--train-size", "2600", "--test-size", "52", "--epochs", "5", "--models", "ae",
              "--latent-dim", "2,3", "--precision", "float32", "--scheduler", address, "--out", str(out)]
     outcome = {}
-    thread = threading.Thread(target=lambda: outcome.setdefault("code", assignment_5.main(flags)))
+    thread = threading.Thread(target=lambda: outcome.setdefault("code", cli.main(flags)))
     thread.start()
     killed = None
     deadline = time.time() + 240
@@ -222,8 +190,9 @@ def test_sweep_on_a_real_scheduler_survives_a_killed_worker(tmp_path, dask_clust
     assert len(resumed["history"]["loss"]) == 5
 
 
+@pytest.mark.slow
 def test_local_workers_drop_only_the_heartbeat_error_of_a_closing_cluster():
-    race = sweep.ShutdownRaceFilter()
+    race = cluster.ShutdownRaceFilter()
 
     def record(message):
         return logging.LogRecord("distributed.worker", logging.ERROR, __file__, 1, message, None, None)
@@ -231,7 +200,7 @@ def test_local_workers_drop_only_the_heartbeat_error_of_a_closing_cluster():
     assert not race.filter(record("Failed to communicate with scheduler during heartbeat."))
     assert race.filter(record("Compute Failed"))
     assert race.filter(record("Failed to communicate with scheduler: %s"))
-    with sweep.dask_client(2, None) as client:  # each worker of the LocalCluster has it
+    with cluster.dask_client(2, None) as client:  # each worker of the LocalCluster has it
         has_filter = client.run(lambda: [type(f).__name__ for f in __import__("logging").getLogger(
             "distributed.worker").filters].count("ShutdownRaceFilter"))
     assert list(has_filter.values()) == [1, 1]

@@ -10,7 +10,7 @@ control point jittered, strokes shifted so that joins open or overshoot,
 ends lengthened or shortened, a Catmull-Rom path through the points, and a
 round pen whose width follows a pressure profile along each stroke.
 
-Only numpy and scipy; used by ``synthetic_letters.py``.
+Only numpy and scipy; used by ``synthetic.py``.
 """
 from __future__ import annotations
 
@@ -233,7 +233,7 @@ _LOWER_SIZE = {"C": 0.55, "I": 0.8, "J": 0.85, "K": 1.0, "L": 1.4, "M": 0.55, "O
 # per class equal EMNIST's, measured on 5,052 EMNIST training capitals (two
 # rounds of measuring and rescaling; the 1,219 test capitals give the same
 # widths within 10 %). Since the framing blurs as EMNIST's does
-# (synthetic_letters.PAPER_BLUR) they differ from EMNIST's by 0.25 pixel on
+# (synthetic.PAPER_BLUR) they differ from EMNIST's by 0.25 pixel on
 # average (7 %; 0.18 before).
 _WRITTEN_SIZE = {"A": 0.97, "B": 1.09, "C": 0.9, "E": 0.83, "F": 1.13, "G": 1.06, "H": 0.89, "J": 1.21, "K": 1.14,
                  "L": 0.96, "M": 0.83, "N": 0.79, "O": 0.68, "P": 1.19, "Q": 1.32, "S": 0.9, "T": 1.07, "U": 0.83,

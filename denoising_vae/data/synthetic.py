@@ -1,7 +1,7 @@
 """Synthetic handwriting-like capital letters, the offline stand-in for EMNIST.
 
 :func:`synthetic_letters` renders uint8 (N, 28, 28) letters for labels 0-25
-(A-Z). Most are pen-stroke forms of ``letter_strokes.py`` (upper case, and
+(A-Z). Most are pen-stroke forms of ``strokes.py`` (upper case, and
 lower case in the 15 classes EMNIST balanced merges, at their measured
 shares); :data:`FONT_SHARE` of the upper case are glyphs of matplotlib's
 fonts redrawn along their skeletons with round pens. Each is rotated,
@@ -10,7 +10,7 @@ slanted, stretched and elastically distorted, then framed as EMNIST was
 the result is.
 
 It needs nothing beyond numpy, scipy and matplotlib, downloads nothing, and
-knows nothing of EMNIST's files or noise (``data_prepro.py``); it keeps its
+knows nothing of EMNIST's files or noise (``sources.py``, ``noise.py``); it keeps its
 glyph bank in a folder when given one.
 """
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import string
 import sys
 import threading
 import zipfile
@@ -27,13 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-import atomic_files
-import letter_strokes
+from ..core import files
+from ..core.constants import IMAGE_SIZE, LETTERS
+from . import strokes as letter_strokes
 
-# The alphabet and image side of data_prepro.LETTERS / IMAGE_SIZE, which
-# imports this module (tests/test_data.py checks that they agree).
-LETTERS = string.ascii_uppercase
-IMAGE_SIZE = 28
 
 # Faces of matplotlib's bundled fonts: sans, serif, mono, bold and slanted.
 SYNTHETIC_FONTS = (
@@ -138,7 +134,7 @@ def _font_glyphs():
 
 
 def _stroke_glyphs():
-    """Random variants of every pen-stroke form of ``letter_strokes.FORMS``, on the 64x64 canvas.
+    """Random variants of every pen-stroke form of ``strokes.FORMS``, on the 64x64 canvas.
 
     Each (letter, case) gets :data:`_STROKE_VARIANTS` variants, shared among
     its forms by their weights; drawn with a fixed seed, so the bank is the
@@ -220,7 +216,7 @@ def _bank(cache_dir=None):
 def generator_key():
     """What the letters depend on: the code that draws them and the libraries that render them (20 hex digits).
 
-    Keys the stored glyph bank here and the prepared synthetic sets in ``data_prepro``, so that a
+    Keys the stored glyph bank here and the prepared synthetic sets in ``sources``, so that a
     changed generator never serves letters drawn by an earlier one.
     """
     import matplotlib
@@ -251,7 +247,7 @@ def _stored_bank(cache_dir: Path):
         pass  # absent or damaged: build it
     built = _glyph_bank()
     try:
-        with atomic_files.replacing(path) as partial, open(partial, "wb") as file:
+        with files.replacing(path) as partial, open(partial, "wb") as file:
             np.savez_compressed(file, bank=built[0].astype(np.float16), hull=built[1], letter=built[2], kind=built[3])
     except OSError:
         pass  # an unwritable cache only costs the next process the build

@@ -1,0 +1,133 @@
+"""``report.md``: the run's data, settings, metrics table and figures, for a study or a sweep.
+
+Pure text from ``results.json``'s content; nothing here computes a result.
+"""
+from __future__ import annotations
+
+from .figures import SWEEP_METRICS
+
+
+_TABLE = (("loss", "test loss", "{:.2f}"), ("reconstruction", "reconstruction", "{:.2f}"), ("kl", "KL", "{:.2f}"),
+          ("accuracy", "pixel accuracy", "{:.4f}"), ("psnr_noisy", "PSNR noisy (dB)", "{:.2f}"),
+          ("psnr_reconstructed", "PSNR reconstructed (dB)", "{:.2f}"), ("ssim_noisy", "SSIM noisy", "{:.3f}"),
+          ("ssim_reconstructed", "SSIM reconstructed", "{:.3f}"), ("log_likelihood", "log p(x) (nats)", "{:.2f}"))
+
+
+def metrics_table(results):
+    """The test metrics of every finished model as a Markdown table."""
+    names = list(results["models"])
+    lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for key, label, fmt in _TABLE:
+        cells = []
+        for name in names:
+            value = results["models"][name]["test"].get(key)
+            cells.append("n/a" if value is None else fmt.format(value))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("| parameters | " + " | ".join(f"{results['models'][n]['params']['total']:,}" for n in names) + " |")
+    lines.append("| epochs | " + " | ".join(str(results["models"][n]["epochs"]) for n in names) + " |")
+    lines.append("| training time (s) | " + " | ".join(f"{results['models'][n]['train_seconds']:.0f}"
+                                                        for n in names) + " |")
+    return "\n".join(lines)
+
+
+def render_report(config, results, figures):
+    """report.md: the data, a table of test metrics, every figure, the total time."""
+    data = results["data"]
+    iw = {results["models"][n]["test"].get("iw_samples") for n in results["models"]} - {None}
+    sections = [
+        "# Denoising VAEs on handwritten capital letters",
+        "",
+        f"**Data:** {data['description']}: {data['train']:,} training and {data['test']:,} test images "
+        f"(28x28, values in [0, 1]).",
+        "",
+        f"**Task:** reconstruct the clean letter from a copy with Gaussian noise of std {config.noise_std} added "
+        f"and clipped to [0, 1]. Training draws fresh noise every epoch; the test set has one fixed noisy copy.",
+        "",
+        f"**Settings:** {config.epochs} epochs, batch {config.batch_size}, latent dimensions {config.latent_dim}, "
+        f"beta {config.beta}, Adam {config.learning_rate}, seed {config.seed}, precision {config.precision}"
+        + (f"; {results['workers']} models trained at a time, each in a worker process on its share of the cores "
+           "(training times are per model)" if results.get("workers", 1) > 1 else "") + ".",
+        "",
+        "## Test metrics",
+        "",
+        metrics_table(results),
+        "",
+        "Loss, reconstruction and KL are nats per image with z sampled from q(z|noisy); PSNR and SSIM compare the "
+        "clean image with the noisy input and with the deterministic reconstruction decoder(encoder mean); "
+        "pixel accuracy is the fraction of pixels on the same side of 0.5 as the clean image. "
+        "log p(x) is an importance-weighted estimate (Burda et al. 2016) with "
+        f"K = {', '.join(map(str, sorted(iw))) or 'n/a'} "
+        "samples; the autoencoder has no KL or likelihood.",
+        "",
+        "## Learning curves",
+        "",
+        f"![learning curves]({figures['learning_curves']})",
+        "",
+        "## Comparison and robustness to noise",
+        "",
+        f"![comparison]({figures['comparison']})",
+        "",
+    ]
+    for name in results["models"]:
+        if f"reconstructions_{name}" not in figures:
+            continue
+        sections += [f"## {name}", "", f"![{name} reconstructions]({figures[f'reconstructions_{name}']})"]
+        if f"latent_sweep_{name}" in figures:
+            sections.append(f"![{name} latent sweep]({figures[f'latent_sweep_{name}']})")
+        sections += [f"![{name} latent map]({figures[f'latent_map_{name}']})", ""]
+    sections += [f"Total time: {results['total_seconds']:.0f} s.", ""]
+    return "\n".join(sections)
+
+
+def summary_table(summary):
+    """The sweep summary as a Markdown table: mean +- std (n) per model and setting."""
+    lines = ["| model | latent | noise | beta | " + " | ".join(label for _, label in SWEEP_METRICS) + " |",
+             "|---" * (4 + len(SWEEP_METRICS)) + "|"]
+    for row in summary:
+        cells = []
+        for key, _ in SWEEP_METRICS:
+            stats = row["metrics"].get(key)
+            if stats is None:
+                cells.append("n/a")
+                continue
+            spread = f" +- {stats['std']:.3g}" if stats["std"] is not None else ""
+            cells.append(f"{stats['mean']:.4g}{spread} ({stats['n']})")
+        failed = f" ({row['failed']} failed)" if row["failed"] else ""
+        lines.append(f"| {row['model']}{failed} | {row['latent_dim']} | {row['noise_std']:g} | {row['beta']:g} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_sweep_report(config, results, figures):
+    """report.md of a sweep: data, settings, the summary table and every figure."""
+    data = results["data"]
+    failed = [cell for cell in results["cells"] if cell.get("status") != "done"]
+    sections = [
+        "# Denoising VAEs on handwritten capital letters: sweep", "",
+        f"**Data:** {data['description']}: {data['train']:,} training and {data['test']:,} test images.", "",
+        f"**Cells:** {len(results['cells'])} ({len(failed)} failed): models {', '.join(config.models)}; "
+        f"latent {config.values('latent_dim')}, noise std {config.values('noise_std')}, "
+        f"beta {config.values('beta')}; {config.seeds} seeds from {config.seed}; {config.epochs} epochs, "
+        f"batch {config.batch_size}, Adam {config.learning_rate}.", "",
+        "## Summary", "",
+        "Mean +- sample standard deviation (number of seeds) of each test metric; `results.json` also holds "
+        "95 % confidence intervals (Student's t, n - 1 degrees of freedom) and `sweep.csv` every cell. "
+        "A difference smaller than the seed-to-seed spread is not a finding.", "",
+        summary_table(results["summary"]), "",
+    ]
+    for key, title in (("learning_curves_seeds", "Learning curves across seeds"),
+                       ("comparison_seeds", "Comparison across seeds (first setting)"),
+                       ("against_latent_dim", "Against the latent size"), ("against_noise_std", "Against the noise"),
+                       ("against_beta", "Against beta"), ("comparison", "Comparison (first seed)"),
+                       ("learning_curves", "Learning curves (first seed)")):
+        if key in figures:
+            sections += [f"## {title}", "", f"![{title}]({figures[key]})", ""]
+    for name in results.get("models", {}):
+        if f"reconstructions_{name}" in figures:
+            sections += [f"## {name} (first seed, first setting)", "",
+                         f"![{name} reconstructions]({figures[f'reconstructions_{name}']})"]
+            if f"latent_sweep_{name}" in figures:
+                sections.append(f"![{name} latent sweep]({figures[f'latent_sweep_{name}']})")
+            sections += [f"![{name} latent map]({figures[f'latent_map_{name}']})", ""]
+    sections += [f"Total time: {results['total_seconds']:.0f} s.", ""]
+    return "\n".join(sections)
