@@ -14,6 +14,10 @@ from scipy import stats
 from denoising_vae.study import cli, cluster, run_folder, sweep
 from conftest import free_port
 
+# Relative difference allowed between a model trained on two batch shards and on one: the same random
+# numbers, summed in another order (two epochs of arch3 differ by about 1e-7 in the loss, 7e-5 in the
+# small KL term).
+SHARD_TOLERANCE = 1e-4
 TINY = ["--data", "synthetic", "--train-size", "260", "--test-size", "52", "--epochs", "2", "--models", "ae",
         "--precision", "float32"]
 
@@ -204,3 +208,20 @@ def test_local_workers_drop_only_the_heartbeat_error_of_a_closing_cluster():
         has_filter = client.run(lambda: [type(f).__name__ for f in __import__("logging").getLogger(
             "distributed.worker").filters].count("ShutdownRaceFilter"))
     assert list(has_filter.values()) == [1, 1]
+
+
+@pytest.mark.slow
+def test_a_sweep_cell_in_a_worker_is_the_single_run_of_its_settings(tmp_path):
+    # The single run trains in this process on two shards, the cell in a one-core worker on one:
+    # the same random numbers, so the same model up to the order of floating-point sums.
+    flags = ["--data", "synthetic", "--train-size", "520", "--test-size", "104", "--epochs", "2", "--models", "arch3",
+             "--precision", "float32"]
+    assert cli.main(flags + ["--workers", "1", "--out", str(tmp_path / "single")]) == 0
+    assert cli.main(flags + ["--latent-dim", "2,3", "--workers", "2", "--out", str(tmp_path / "sweep")]) == 0
+    single = json.loads((tmp_path / "single" / "results.json").read_text())["models"]["arch3"]
+    cell = json.loads((tmp_path / "sweep" / "cells" / "arch3-latent2-noise0.5-beta1-seed0" / "cell.json").read_text())
+    assert (single["fast_path"]["shards"], cell["fast_path"]["shards"]) == (2, 1)
+    for metric in sweep.METRICS:
+        if metric in single["test"]:
+            expected = pytest.approx(single["test"][metric], rel=SHARD_TOLERANCE, abs=1e-6)
+            assert cell["test"][metric] == expected, metric

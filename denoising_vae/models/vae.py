@@ -274,28 +274,23 @@ class DenoisingVAE(keras.Model):
     def _sharded_losses(self, noisy, clean, training, add_noise=False):
         """:meth:`losses_per_image` over ``self.shards`` slices of the batch, concatenated.
 
-        Random draws are made per slice from stateless seeds taken once per
-        step, so the slices' draws run in parallel too and never race for a
-        generator. With ``add_noise``, ``noisy`` is ignored and each slice of
-        ``clean`` gets fresh Gaussian noise of std ``train_noise_std``, clipped
-        to [0, 1].
+        The random draws (the sampling's epsilon and, with ``add_noise``, the
+        noise) are made for the whole batch from stateless seeds taken once
+        per step, then sliced: the same numbers for any number of shards, so
+        shards change only the order of floating-point sums. With
+        ``add_noise``, ``noisy`` is ignored and ``clean`` gets fresh Gaussian
+        noise of std ``train_noise_std``, clipped to [0, 1].
         """
         size = ops.shape(clean)[0]
         bounds = [size * index // self.shards for index in range(self.shards + 1)]
         sampling_seed = tf.cast(self.sampling_seed_generator.next(), tf.int64)
-        noise_seed = tf.cast(self.noise_seed_generator.next(), tf.int64) if add_noise else None
-        parts = []
-        for index, (low, high) in enumerate(zip(bounds[:-1], bounds[1:])):
-            offset = tf.constant([0, index], dtype=sampling_seed.dtype)
-            shard_clean = clean[low:high]
-            if add_noise:
-                noise = tf.random.stateless_normal(tf.shape(shard_clean), seed=noise_seed + offset,
-                                                   dtype=shard_clean.dtype)
-                shard_noisy = ops.clip(shard_clean + self.train_noise_std * noise, 0.0, 1.0)
-            else:
-                shard_noisy = noisy[low:high]
-            epsilon = tf.random.stateless_normal((high - low, self.latent_dim), seed=sampling_seed + offset)
-            parts.append(self.losses_per_image(shard_noisy, shard_clean, epsilon, training=training))
+        epsilon = tf.random.stateless_normal(tf.stack([size, self.latent_dim]), seed=sampling_seed)
+        if add_noise:
+            noise_seed = tf.cast(self.noise_seed_generator.next(), tf.int64)
+            noise = tf.random.stateless_normal(tf.shape(clean), seed=noise_seed, dtype=clean.dtype)
+            noisy = ops.clip(clean + self.train_noise_std * noise, 0.0, 1.0)
+        parts = [self.losses_per_image(noisy[low:high], clean[low:high], epsilon[low:high], training=training)
+                 for low, high in zip(bounds[:-1], bounds[1:])]
         return [ops.concatenate(values, axis=0) for values in zip(*parts)]
 
     def _update(self, reconstruction, kl, accuracy):
@@ -334,6 +329,24 @@ class DenoisingVAE(keras.Model):
                 "decoder": keras.saving.serialize_keras_object(self.decoder),
                 "architecture": self.architecture, "beta": self.beta,
                 "train_noise_std": self.train_noise_std, "seed": self.seed}
+
+    # The random streams' positions go into saved files with the weights, so a run resumed from a
+    # checkpoint draws what an uninterrupted run would have; files without them load as before.
+    _SEED_STATES = ("noise_seed_state", "sampling_seed_state")
+
+    def _random_streams(self):
+        return dict(zip(self._SEED_STATES, (self.noise_seed_generator, self.sampling_seed_generator)))
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        for key, generator in self._random_streams().items():
+            store[key] = np.array(generator.state.numpy())
+
+    def load_own_variables(self, store):
+        super().load_own_variables({key: store[key] for key in store.keys() if key not in self._SEED_STATES})
+        for key, generator in self._random_streams().items():
+            if key in store.keys():
+                generator.state.assign(np.array(store[key]))
 
     @classmethod
     def from_config(cls, config):

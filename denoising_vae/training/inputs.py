@@ -85,12 +85,15 @@ class NoiseRing:
         batch_size: the largest batch :meth:`fields` is asked for (>= 1).
         seed: int seeding the ring's first fill and every step's draws.
         reuse: average images per drawn row, 1 to 64 (1: every value new).
+        start_step: steps already taken (a resumed run's): the ring starts as
+            that many steps left it, so a resumed run draws what an
+            uninterrupted one would have.
     """
 
     PIXELS = IMAGE_SIZE * IMAGE_SIZE
     SHIFT_STRIDE = 97  # coprime with 784 = 2**4 * 7**2
 
-    def __init__(self, noise_std, batch_size, seed=0, reuse=8):
+    def __init__(self, noise_std, batch_size, seed=0, reuse=8, start_step=0):
         self.noise_std = check_noise_std(noise_std)
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.reuse = check_positive_int("reuse", reuse)
@@ -104,16 +107,26 @@ class NoiseRing:
                         1 << (min(4096, self.PIXELS * self.renewed).bit_length() - 1))
         first_fill = standard_normal((self.rows, self.PIXELS), tf.constant([self.seed, -1], tf.int64))
         self.ring = tf.Variable(first_fill, trainable=False, name="noise_ring")
-        self.steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="noise_ring_steps")
+        start_step = int(start_step)
+        # Every row holds its newest draw: replaying the steps that wrote the rows
+        # still alive rebuilds the ring exactly.
+        for step in range(max(1, start_step - -(-self.rows // self.renewed) + 1), start_step + 1):
+            self._renew(tf.constant(step, tf.int64))
+        self.steps = tf.Variable(start_step, dtype=tf.int64, trainable=False, name="noise_ring_steps")
+
+    def _renew(self, step):
+        """Replace the ring's ``renewed`` oldest rows with the draws of ``step``; return the step's seed."""
+        seed = tf.stack([tf.constant(self.seed, tf.int64), step])
+        positions = (step * self.renewed + tf.range(self.renewed, dtype=tf.int64)) % self.rows
+        self.ring.scatter_nd_update(positions[:, None], standard_normal((self.renewed, self.PIXELS), seed))
+        return seed
 
     def _scaled_fields(self, count, scale):
         """:meth:`fields` times ``scale``, the scale folded into the per-image signs."""
         if isinstance(count, int) and count > self.batch_size:
             raise ValueError(f"Expected count to be at most batch_size={self.batch_size}. Received: count={count!r}")
         step = self.steps.assign_add(1)
-        seed = tf.stack([tf.constant(self.seed, tf.int64), step])
-        positions = (step * self.renewed + tf.range(self.renewed, dtype=tf.int64)) % self.rows
-        self.ring.scatter_nd_update(positions[:, None], standard_normal((self.renewed, self.PIXELS), seed))
+        seed = self._renew(step)
         # The step's rows: a random start and an odd stride over the power-of-two
         # ring, so distinct. Full-range integers reduced modulo small counts:
         # the bias is below 1e-15.
@@ -153,11 +166,11 @@ class ResidentData:
     ``ResidentData(noisy, clean)`` or ``ResidentData(clean)``.
     """
 
-    def __init__(self, *arrays, noise_std=None, batch_size=100, seed=0):
+    def __init__(self, *arrays, noise_std=None, batch_size=100, seed=0, start_step=0):
         self.tensors = tuple(tf.constant(as_model_input(a)) for a in arrays)
         if noise_std is not None and len(arrays) != 1:
             raise ValueError(f"Expected one array (the clean images) with noise_std. Received: {len(arrays)} arrays")
-        self.noise = None if noise_std is None else NoiseRing(noise_std, batch_size, seed=seed)
+        self.noise = None if noise_std is None else NoiseRing(noise_std, batch_size, seed=seed, start_step=start_step)
 
     def __len__(self):
         return int(self.tensors[0].shape[0])

@@ -27,6 +27,10 @@ from ..models.vae import DenoisingVAE, load_model, save_model
 from .inputs import ResidentData, _dataset, default_steps_per_execution, index_dataset
 
 LOGGER = logging.getLogger(__name__)
+# Keras' fit makes two iterators of the training data per epoch and trains on the first; a resumed
+# run makes as many for the epochs done, so its shuffling continues where it was
+# (tests/test_training.py checks it against an uninterrupted run).
+FIT_ITERATORS_PER_EPOCH = 2
 
 
 @dataclasses.dataclass
@@ -223,18 +227,23 @@ def train_model(model, x_train, x_val, *, run_dir, epochs=20, batch_size=100, no
     if done >= epochs:
         return TrainingResult(model, _columns(history), done, seconds_before, resumed_from=done)
 
-    keras.utils.set_random_seed(seed + done)
+    # Every random stream continues where an uninterrupted run would be after ``done`` epochs: the
+    # noise ring is rebuilt at its step, the shuffling skips the orders of the epochs done, and the
+    # sampling's seed generator came back with the checkpoint.
+    keras.utils.set_random_seed(seed)
+    batches = math.ceil(len(x_train) / batch_size)
     val_noisy = noise_addition(x_val, noise_std, seed=seed + 1_000_003)
     if fresh_noise:
         model.train_noise_std = float(noise_std)  # the record; the ring below draws it
-        model.resident_data = ResidentData(x_train, noise_std=noise_std, batch_size=batch_size,
-                                           seed=seed + done)
+        model.resident_data = ResidentData(x_train, noise_std=noise_std, batch_size=batch_size, seed=seed,
+                                           start_step=done * batches)
     else:
         model.train_noise_std = 0.0
         model.resident_data = ResidentData(noise_addition(x_train, noise_std, seed=seed + 2_000_003), x_train)
     train_data = index_dataset(len(x_train), batch_size, shuffle_seed=seed)
+    for _ in range(done * FIT_ITERATORS_PER_EPOCH):  # each iterator of a reshuffling dataset takes the next order
+        iter(train_data)
     val_data = _dataset((val_noisy, x_val), batch_size)
-    batches = math.ceil(len(x_train) / batch_size)
     if restored is None:
         model.compile(optimizer=FusedAdam(learning_rate),
                       steps_per_execution=steps_per_execution or default_steps_per_execution(batches),
