@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, free_port
+from conftest import REPO
 
 TINY = ["--data", "synthetic", "--train-size", "260", "--test-size", "52", "--epochs", "1", "--models", "arch3",
         "--seeds", "2", "--precision", "float32"]

@@ -285,3 +285,57 @@ def test_without_a_writable_cache_the_run_works_uncached_with_one_warning(tmp_pa
                 if r.levelname == "WARNING" and r.name.startswith("denoising_vae")]
     # Uncached for the run only: a notebook that runs a study keeps its caches afterwards.
     assert "DENOISING_VAE_NO_CACHE" not in os.environ
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_stops_with_one_line_and_status_143_and_the_same_command_resumes(tmp_path, workers):
+    # A job manager's stop: SIGTERM to the run's process group (its workers included).
+    out = tmp_path / "run"
+    flags = SLOW[:-4] + ["--models", "ae,arch2", "--precision", "float32", "--workers", workers]
+    process = launch(flags, out, start_new_session=True)
+    try:
+        assert wait_for(checkpoint_saved(out)), "no epoch finished"
+        os.killpg(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+        assert wait_for(lambda: not group_alive(process.pid), timeout=30), "worker processes outlived the run"
+    finally:
+        if group_alive(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 143
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines == [f"assignment_5.py: terminated; run the same command again to resume from {out}"], stderr
+    resumed = launch(flags, out)
+    stdout, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr
+    assert "ae: resumed after epoch" in stdout
+
+
+def limit_file_size(limit):
+    """For a child process: files larger than ``limit`` bytes fail to write (EFBIG), as on a full disk."""
+    import resource
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error to handle, not a signal that kills
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_with_one_line_naming_the_file_and_the_same_command_resumes(tmp_path):
+    # arch3's files are small; arch2's checkpoint (weights and Adam's state, about 10 MB) does not fit.
+    out = tmp_path / "run"
+    flags = SMALL + ["--epochs", "2", "--models", "arch3,arch2", "--workers", "1"]
+    process = launch(flags, out, preexec_fn=limit_file_size(4_000_000))
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 1, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith(f"assignment_5.py: error writing {out / 'checkpoints' / 'arch2'}/checkpoint-epoch1.keras: "
+                               "File too large; finished models are kept"), stderr
+    assert list(json.loads((out / "results.json").read_text())["models"]) == ["arch3"]
+    assert vae.load_model(out / "arch3.keras").architecture == "arch3"
+    again = launch(flags, out)
+    stdout, stderr = again.communicate(timeout=300)
+    assert again.returncode == 0, stderr
+    assert "arch3: already finished" in stdout and "arch2: test loss" in stdout

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .checks import first_line
+
 
 @contextlib.contextmanager
 def replacing(path, suffix=""):
@@ -29,7 +31,9 @@ def replacing(path, suffix=""):
         suffix: ending the temporary name must keep (``".keras"`` for Keras,
             which checks the extension; ``".png"`` for matplotlib).
 
-    On an error the temporary file is removed and ``path`` is left as it was.
+    On an error the temporary file is removed and ``path`` is left as it was;
+    an ``OSError`` (a full disk, say) is raised again naming ``path``, not the
+    temporary file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,6 +41,8 @@ def replacing(path, suffix=""):
     try:
         yield partial
         os.replace(partial, path)
+    except OSError as error:
+        raise OSError(error.errno, error.strerror or first_line(error), str(path)) from error
     finally:
         partial.unlink(missing_ok=True)
 

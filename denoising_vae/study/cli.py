@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -180,6 +182,7 @@ def main(argv=None, prog="assignment_5.py") -> int:
     plain_format, plain_program = warnings.formatwarning, messages.PROGRAM
     warnings.formatwarning = lambda message, *rest, **kw: f"{prog}: warning: {message}\n"
     messages.PROGRAM = prog
+    on_sigterm = _stop_on_sigterm()
     try:
         return _run(config, out, workers, scheduler, prog)
     except UsageError as error:
@@ -191,8 +194,34 @@ def main(argv=None, prog="assignment_5.py") -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; run the same command again to resume from {out}", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"{prog}: terminated; run the same command again to resume from {out}", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    except OSError as error:  # a full disk, a file system gone: after the checks, so not the user's flags
+        where = f" writing {error.filename}" if error.filename else ""
+        print(f"{prog}: error{where}: {error.strerror or first_line(error)}; finished models are kept, "
+              f"and the same command resumes from {out}", file=sys.stderr)
+        return 1
     finally:
         warnings.formatwarning, messages.PROGRAM = plain_format, plain_program
+        if on_sigterm is not None:
+            signal.signal(signal.SIGTERM, on_sigterm)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (a job manager or ``kill`` stopping the run): stop as Ctrl-C does."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _stop_on_sigterm():
+    """Make SIGTERM stop the run as Ctrl-C does; return the handler it replaced (``None`` when this is
+    not the main thread, where Python cannot set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def _run(config, out, workers, scheduler, prog):

@@ -37,8 +37,8 @@ class ShutdownRaceFilter(logging.Filter):
 
 
 def quiet_workers_plugin():
-    """A Dask worker plugin for this machine's LocalCluster: Ctrl-C ends a worker process at
-    once and without a traceback, and the close's heartbeat race prints nothing
+    """A Dask worker plugin for this machine's LocalCluster: Ctrl-C or SIGTERM (a job manager's stop)
+    ends a worker process at once and without a traceback, and the close's heartbeat race prints nothing
     (:class:`ShutdownRaceFilter`).
 
     Its client stops the run; the worker's checkpoints are written atomically,
@@ -53,6 +53,7 @@ def quiet_workers_plugin():
             logging.getLogger("distributed.worker").addFilter(ShutdownRaceFilter())
             try:
                 signal.signal(signal.SIGINT, _exit_quietly)
+                signal.signal(signal.SIGTERM, _exit_quietly)
             except ValueError:  # not the process's main thread: leave the worker as it is
                 pass
 
