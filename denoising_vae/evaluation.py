@@ -30,8 +30,8 @@ from .models.losses import (PIXELS, PROBABILITY_CLIP, bernoulli_log_likelihood, 
 from .models.vae import as_float32, precision_of, with_precision
 
 
-# One compiled function per model and part, made on first use: Keras' predict
-# costs 0.1-0.4 s per call in setup, and the figures call it a dozen times per model.
+# One compiled function per model and part, made on first use: Keras' predict sets
+# itself up on every call, and the figures call it a dozen times per model.
 _COMPILED = weakref.WeakKeyDictionary()
 
 
@@ -101,10 +101,10 @@ def evaluate(model, x_noisy, x_clean, *, batch_size=500, seed=0, iw_samples=None
             ``"float32"`` or ``"mixed_bfloat16"``; ``None``: the one the
             model computes in (``--precision auto`` chooses it by measuring).
             The decoder stops at its logits and the likelihood is taken
-            from them in float32 (:func:`log_likelihood_from_logits`). For a
-            trained arch3, bfloat16 decodes moved the estimate by 0.011
-            nats, about its spread over sampling seeds, and made the whole
-            evaluation 1.45x faster on a CPU with AMX (README, Speed).
+            from them in float32 (:func:`log_likelihood_from_logits`).
+            bfloat16 decodes move the estimate by about its spread over
+            sampling seeds and make the evaluation faster on a CPU with AMX
+            (``benchmarks/results/intel-xeon-207/README.md``).
 
     Returns:
         dict of floats; ``iw_samples`` says which K was used.
@@ -173,11 +173,9 @@ def default_iw_samples(model):
     return 100
 
 
-# Images each shard of the likelihood estimate decodes per call. Smaller calls keep
-# their activations nearer the core: on one core of the model-167 Xeon, 2,500
-# instead of 10,000 made the likelihood part of the default study's trained models
-# 1.16-1.25x faster (whole evaluations 1.09-1.15x); below 1,500 the per-call cost
-# shows (README, Speed).
+# Images each shard of the likelihood estimate decodes per call: smaller calls keep
+# their activations nearer the core, much smaller ones pay the cost of each call
+# (measured in benchmarks/results/intel-xeon-167/README.md).
 IW_DECODES_PER_SHARD = 2_500
 
 
@@ -279,8 +277,8 @@ def log_likelihood_from_logits(clean, logits):
     Taken from the logits in float32, this is also more exact than the
     logarithms of float32 probabilities: a probability within 1e-6 of 1 keeps
     one or two significant digits in 1 - s. The function is compiled with XLA,
-    which runs it as one loop over the logits: TensorFlow's kernels, one pass
-    per operation, took 3.5x longer (README, Speed).
+    which runs it as one loop over the logits rather than TensorFlow's kernels,
+    one pass per operation (timed in ``benchmarks/results/intel-xeon-167/README.md``).
 
     Args:
         clean: (B, P) float32 targets in [0, 1].

@@ -89,10 +89,10 @@ FORMS = {
     ]},
     "I": {"upper": [
         # A bar written 0.7 of a capital, the l (_LOWER_SIZE) 1.4 capitals:
-        # enlarged to 24 pixels, I bars come out about 1.55x as wide as l
-        # bars (EMNIST: 1.35x) and, blurrier, half a pixel shorter above
-        # half intensity (EMNIST: 1.2). Width is the clearest cue between a
-        # bar I and a bar l (benchmarks/realism.py, README).
+        # enlarged to 24 pixels, I bars come out wider than l bars (a little
+        # more than in EMNIST) and, blurrier, shorter above half intensity.
+        # Width is the clearest cue between a bar I and a bar l
+        # (docs/offline-letters.md).
         (4, [_c((0.3, 0.3), (0.3, 1))]),
         (1, [_c((0.3, 0), (0.3, 1)), _c((0, 0), (0.6, 0)), _c((0, 1), (0.6, 1))]),
     ], "lower": [
@@ -230,11 +230,9 @@ _LOWER_SIZE = {"C": 0.55, "I": 0.8, "J": 0.85, "K": 1.0, "L": 1.4, "M": 0.55, "O
 # O smaller or heavier than Q, so EMNIST's O strokes are a quarter thicker
 # and its Q strokes a fifth thinner than those of the same pen at full size.
 # The sizes make the generator's median stroke width (ink / skeleton length)
-# per class equal EMNIST's, measured on 5,052 EMNIST training capitals (two
-# rounds of measuring and rescaling; the 1,219 test capitals give the same
-# widths within 10 %). Since the framing blurs as EMNIST's does
-# (synthetic.PAPER_BLUR) they differ from EMNIST's by 0.25 pixel on
-# average (7 %; 0.18 before).
+# per class equal EMNIST's, as measured on the EMNIST sample's training
+# capitals (docs/offline-letters-tuning.md); the framing's blur
+# (synthetic.PAPER_BLUR) is part of that match.
 _WRITTEN_SIZE = {"A": 0.97, "B": 1.09, "C": 0.9, "E": 0.83, "F": 1.13, "G": 1.06, "H": 0.89, "J": 1.21, "K": 1.14,
                  "L": 0.96, "M": 0.83, "N": 0.79, "O": 0.68, "P": 1.19, "Q": 1.32, "S": 0.9, "T": 1.07, "U": 0.83,
                  "V": 0.97, "W": 1.13, "X": 0.96, "Y": 1.31, "Z": 0.85}

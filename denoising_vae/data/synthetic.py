@@ -49,17 +49,16 @@ _STROKE_SEED = 20171  # the bank is drawn once with this seed: the same in every
 # EMNIST blurred each scan (Gaussian, sigma 1 scan pixel) before framing it
 # in 24 pixels (Cohen et al. 2017): on paper the blur is fixed like the pen,
 # so a letter written small, enlarged more, comes out blurrier and with a
-# wider faint rim inside its box. Measured on 6,271 EMNIST capitals, ink above
-# half intensity spans 22 of the box's 24 pixels (I and O, written small: 20)
-# and ink above 0.1 spans all 24; these blurs and the box threshold reproduce
-# that (per-letter spans within half a pixel on average, against 1.6 before).
+# wider faint rim inside its box, which the box includes. These blurs and the
+# box threshold reproduce the spans of EMNIST's ink per letter
+# (docs/offline-letters.md).
 PAPER_BLUR = 0.025  # capital heights: the scan's blur, enlarged with the letter
 CANVAS_BLUR = 1.2  # canvas pixels: resampling's blur, the same for every letter
 BOX_THRESHOLD = 0.05  # the box is framed around ink above this (of the glyph's peak): the faint rim included
 FONT_SHARE = 0.15  # share of upper-case letters resampled from font glyphs rather than pen-stroke forms
-# Per-image geometry, chosen by measuring with benchmarks/realism.py (the
-# README lists what each setting was worth). EMNIST's letters lean right:
-# their median shear is about 0.2.
+# Per-image geometry, chosen by measuring with benchmarks/realism.py
+# (docs/offline-letters-tuning.md records what each setting was worth).
+# EMNIST's letters lean right.
 ROTATION = 0.12  # standard deviation of the rotation, radians
 SLANT = (-0.22, 0.26)  # mean and standard deviation of the shear (column shift per row down; < 0 leans right)
 ASPECT = (0.12, 0.22)  # mean and standard deviation of log(width / height) change

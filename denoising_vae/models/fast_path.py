@@ -149,9 +149,8 @@ TIMING_BLOCKS = 5
 
 
 # A precision more than this much slower than the other at one shard is not
-# timed at more shards. Of the 45 decisions in benchmarks/results (two Xeons),
-# 17 had a precision that much slower; none of those won at two shards (its
-# sharding gain was at most 1.23x the other precision's best).
+# timed at more shards: in the decisions recorded in benchmarks/results, such a
+# precision never won with more shards (benchmarks/results/intel-xeon-167/README.md).
 PRECISION_MARGIN = 1.3
 
 

@@ -115,7 +115,7 @@ def conv_relu_pool(x, conv, pooling):
     outputs and gradients are the same while the ReLU and its gradient run
     on the 4x smaller pooled map. Where the bias goes depends on the compute
     dtype, by measurement (epochs of arch1 and arch3 timed in turn on the
-    Xeon of ``benchmarks/results/intel-xeon-207``, README "Speed"):
+    Xeon of ``benchmarks/results/intel-xeon-207/README.md``):
 
     * float32: after the pooling too, a cheap add on the small map.
     * bfloat16: inside the convolution, as a ``bias_add`` that oneDNN fuses

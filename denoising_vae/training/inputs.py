@@ -42,8 +42,8 @@ def standard_normal(shape, seed):
     Philox uniforms, z = sqrt(-2 ln u1) * (cos, sin)(2 pi u2).
 
     The same method as ``tf.random.stateless_normal``, which computes it one
-    value at a time (about 12 ns per value on one core); as whole-tensor ops it
-    costs about half. u1 lies in [2**-24, 1], so |z| <= 5.77 (TensorFlow's own
+    value at a time; as whole-tensor ops it costs less (timed in
+    ``benchmarks/results/intel-xeon-167/README.md``). u1 lies in [2**-24, 1], so |z| <= 5.77 (TensorFlow's own
     bound is 5.68): a normal passes 5.77 once in 10**8 draws.
     """
     count = math.prod(shape)
@@ -56,12 +56,11 @@ def standard_normal(shape, seed):
 
 
 class NoiseRing:
-    """Fresh Gaussian noise for every training image at about a third of the cost of drawing every value.
+    """Fresh Gaussian noise for every training image at a fraction of the cost of drawing every value.
 
-    Drawing 784 normal values per image in every step (TensorFlow's Philox
-    with Box-Muller) costs about 12 ns per value on one core of the Xeon in
-    ``benchmarks/results/intel-xeon-207``, 10-25 % of a training step of these
-    small models. The ring instead holds ``rows`` rows of 784 standard-normal
+    Drawing 784 normal values per image in every step is a sizeable share of
+    a training step of these small models (measured in
+    ``benchmarks/results/intel-xeon-207/README.md``). The ring instead holds ``rows`` rows of 784 standard-normal
     values (:func:`standard_normal`). Each step first replaces the
     ``ceil(batch_size / reuse)`` oldest rows with new draws, then gives image i
     of the batch ring row r_i,
