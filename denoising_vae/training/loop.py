@@ -227,23 +227,8 @@ def train_model(model, x_train, x_val, *, run_dir, epochs=20, batch_size=100, no
     if done >= epochs:
         return TrainingResult(model, _columns(history), done, seconds_before, resumed_from=done)
 
-    # Every random stream continues where an uninterrupted run would be after ``done`` epochs: the
-    # noise ring is rebuilt at its step, the shuffling skips the orders of the epochs done, and the
-    # sampling's seed generator came back with the checkpoint.
-    keras.utils.set_random_seed(seed)
+    train_data, val_data = _attach_data(model, x_train, x_val, batch_size, noise_std, fresh_noise, seed, done)
     batches = math.ceil(len(x_train) / batch_size)
-    val_noisy = noise_addition(x_val, noise_std, seed=seed + 1_000_003)
-    if fresh_noise:
-        model.train_noise_std = float(noise_std)  # the record; the ring below draws it
-        model.resident_data = ResidentData(x_train, noise_std=noise_std, batch_size=batch_size, seed=seed,
-                                           start_step=done * batches)
-    else:
-        model.train_noise_std = 0.0
-        model.resident_data = ResidentData(noise_addition(x_train, noise_std, seed=seed + 2_000_003), x_train)
-    train_data = index_dataset(len(x_train), batch_size, shuffle_seed=seed)
-    for _ in range(done * FIT_ITERATORS_PER_EPOCH):  # each iterator of a reshuffling dataset takes the next order
-        iter(train_data)
-    val_data = _dataset((val_noisy, x_val), batch_size)
     if restored is None:
         model.compile(optimizer=FusedAdam(learning_rate),
                       steps_per_execution=steps_per_execution or default_steps_per_execution(batches),
@@ -268,6 +253,29 @@ def train_model(model, x_train, x_val, *, run_dir, epochs=20, batch_size=100, no
     total_seconds = history[-1]["seconds"] if history else seconds_before
     return TrainingResult(model, _columns(history), len(history), total_seconds, resumed_from=done,
                           stopped_early=stopped)
+
+
+def _attach_data(model, x_train, x_val, batch_size, noise_std, fresh_noise, seed, done):
+    """Give ``model`` its resident training data; return ``(train_data, val_data)`` for ``fit``.
+
+    Every random stream continues where an uninterrupted run would be after
+    ``done`` epochs: the noise ring is rebuilt at its step, the shuffling
+    skips the orders of the epochs done, and the sampling's seed generator
+    came back with the checkpoint.
+    """
+    keras.utils.set_random_seed(seed)
+    val_noisy = noise_addition(x_val, noise_std, seed=seed + 1_000_003)
+    if fresh_noise:
+        model.train_noise_std = float(noise_std)  # the record; the ring below draws it
+        model.resident_data = ResidentData(x_train, noise_std=noise_std, batch_size=batch_size, seed=seed,
+                                           start_step=done * math.ceil(len(x_train) / batch_size))
+    else:
+        model.train_noise_std = 0.0
+        model.resident_data = ResidentData(noise_addition(x_train, noise_std, seed=seed + 2_000_003), x_train)
+    train_data = index_dataset(len(x_train), batch_size, shuffle_seed=seed)
+    for _ in range(done * FIT_ITERATORS_PER_EPOCH):  # each iterator of a reshuffling dataset takes the next order
+        iter(train_data)
+    return train_data, _dataset((val_noisy, x_val), batch_size)
 
 
 def _check_same_run(run_dir, metadata):
