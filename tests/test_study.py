@@ -138,6 +138,11 @@ def test_quick_study_writes_every_output(quick_run):
     assert expected == {p.name for p in out.glob("*.png")}
     config = json.loads((out / "config.json").read_text())
     assert config["epochs"] == 2 and config["train_size"] == 2600 and config["quick"] is True
+    # The report says how each model was computed, next to its numbers.
+    row = next(line for line in (out / "report.md").read_text().splitlines()
+               if line.startswith("| precision, batch shards |"))
+    assert row.count("|") == 6 and all(f"{entry['fast_path']['precision']}, {entry['fast_path']['shards']}" in row
+                                       for entry in results["models"].values())
 
 
 @pytest.mark.slow

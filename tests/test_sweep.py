@@ -53,7 +53,8 @@ def test_summary_matches_scipy():
 
 def test_sweep_csv_is_one_tidy_row_per_cell(tmp_path):
     results = [{"model": "ae", "latent_dim": 2, "noise_std": 0.5, "beta": 1.0, "seed": 1, "study_seed": 0,
-                "status": "done", "test": {"loss": 3.5, "psnr_reconstructed": 12.0}, "train_seconds": 4.0},
+                "status": "done", "test": {"loss": 3.5, "psnr_reconstructed": 12.0}, "train_seconds": 4.0,
+                "precision": "mixed_bfloat16", "fast_path": {"precision": "mixed_bfloat16", "shards": 2}},
                {"model": "ae", "latent_dim": 4, "noise_std": 0.5, "beta": 1.0, "seed": 1, "study_seed": 0,
                 "status": "failed", "error": "training diverged"}]
     sweep.write_sweep_csv(tmp_path / "sweep.csv", results)
@@ -61,6 +62,7 @@ def test_sweep_csv_is_one_tidy_row_per_cell(tmp_path):
         rows = list(csv.DictReader(file))
     assert [row["latent_dim"] for row in rows] == ["2", "4"]
     assert float(rows[0]["loss"]) == 3.5 and rows[1]["status"] == "failed" and rows[1]["loss"] == ""
+    assert (rows[0]["precision"], rows[0]["shards"]) == ("mixed_bfloat16", "2") and rows[1]["shards"] == ""
 
 
 # ---------------------------------------------------------------- bad flags

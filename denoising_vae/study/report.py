@@ -25,9 +25,22 @@ def metrics_table(results):
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("| parameters | " + " | ".join(f"{results['models'][n]['params']['total']:,}" for n in names) + " |")
     lines.append("| epochs | " + " | ".join(str(results["models"][n]["epochs"]) for n in names) + " |")
+    lines.append("| precision, batch shards | " + " | ".join(_path(results["models"][n]) for n in names) + " |")
     lines.append("| training time (s) | " + " | ".join(f"{results['models'][n]['train_seconds']:.0f}"
                                                         for n in names) + " |")
     return "\n".join(lines)
+
+
+def _path(entry):
+    """How a model was computed, e.g. ``mixed_bfloat16, 1``, from its ``fast_path`` record."""
+    path = entry.get("fast_path") or {}
+    return f"{path.get('precision', entry.get('precision', '?'))}, {path.get('shards', '?')}"
+
+
+SAME_NUMBERS = ("The precision and batch shards each model trained with are in the table: with a fixed "
+                "`--precision` the same command gives the same numbers on the same CPU model, in one process, "
+                "in workers or resumed (shards change only the order of floating-point sums); `--precision auto` "
+                "may choose another precision on another CPU.")
 
 
 def render_report(config, results, figures):
@@ -57,7 +70,7 @@ def render_report(config, results, figures):
         "pixel accuracy is the fraction of pixels on the same side of 0.5 as the clean image. "
         "log p(x) is an importance-weighted estimate (Burda et al. 2016) with "
         f"K = {', '.join(map(str, sorted(iw))) or 'n/a'} "
-        "samples; the autoencoder has no KL or likelihood.",
+        "samples; the autoencoder has no KL or likelihood. " + SAME_NUMBERS,
         "",
         "## Learning curves",
         "",
@@ -112,7 +125,8 @@ def render_sweep_report(config, results, figures):
         "## Summary", "",
         "Mean +- sample standard deviation (number of seeds) of each test metric; `results.json` also holds "
         "95 % confidence intervals (Student's t, n - 1 degrees of freedom) and `sweep.csv` every cell. "
-        "A difference smaller than the seed-to-seed spread is not a finding.", "",
+        "A difference smaller than the seed-to-seed spread is not a finding. " + SAME_NUMBERS.replace(
+            "are in the table", "are in `sweep.csv`"), "",
         summary_table(results["summary"]), "",
     ]
     for key, title in (("learning_curves_seeds", "Learning curves across seeds"),

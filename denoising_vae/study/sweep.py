@@ -216,15 +216,17 @@ def summarise(results):
 
 
 def write_sweep_csv(path, results):
-    """One tidy row per cell: settings, seed, status, every test metric, training seconds."""
+    """One tidy row per cell: settings, seed, status, every test metric, the precision and batch shards
+    it trained with, training seconds."""
     columns = ["model", "latent_dim", "noise_std", "beta", "seed", "study_seed", "status", *METRICS,
-               "train_seconds", "epochs", "folder", "error"]
+               "precision", "shards", "train_seconds", "epochs", "folder", "error"]
     with files.replacing(path) as partial, open(partial, "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=columns)
         writer.writeheader()
         for result in results:
             row = {key: result.get(key, "") for key in columns}
             row.update({metric: result.get("test", {}).get(metric, "") for metric in METRICS})
+            row["shards"] = result.get("fast_path", {}).get("shards", "")
             writer.writerow(row)
 
 
