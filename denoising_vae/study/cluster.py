@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -92,10 +93,27 @@ class dask_client:
         self.client.register_plugin(quiet_workers_plugin())
         return self.client
 
-    def __exit__(self, *exc):
-        self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
+    def __exit__(self, exc_type, *exc):
+        # Stopped by Ctrl-C or SIGTERM, the workers are gone or going: the scheduler, client and
+        # nannies in this process then log closed connections, which is noise. Real errors of a
+        # cell reach the user as its result, not through these loggers.
+        interrupted = exc_type is not None and not issubclass(exc_type, Exception)
+        with _quiet_dask_logs() if interrupted else contextlib.nullcontext():
+            self.client.close()
+            if self.cluster is not None:
+                self.cluster.close()
+
+
+@contextlib.contextmanager
+def _quiet_dask_logs():
+    """Within the block, Dask's loggers in this process report nothing below CRITICAL."""
+    logger = logging.getLogger("distributed")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def connect_check(scheduler, timeout=10):
