@@ -25,6 +25,16 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE_ZIP = REPO.parent / "shared" / "data" / "emnist-sample.zip"
 
 
+def benchmark_module(name):
+    """``benchmarks/NAME.py`` as a module: the benchmarks are scripts, not a package."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def closed_port_url():
     """An http URL on 127.0.0.1 where nothing listens."""
     with socket.socket() as sock:

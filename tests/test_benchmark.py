@@ -5,10 +5,9 @@ import textwrap
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, benchmark_module
 
-sys.path.insert(0, str(REPO / "benchmarks"))
-import bench_training  # noqa: E402
+bench_training = benchmark_module("bench_training")
 
 
 @pytest.mark.slow
@@ -75,7 +74,7 @@ def test_flops_are_counted_from_the_layers():
 def test_realism_confusion_report_counts_per_letter_and_costliest_pairs():
     import numpy as np
 
-    import realism
+    realism = benchmark_module("realism")
 
     letters = "ABC"
     labels = np.array([0, 0, 0, 0, 1, 1, 2, 2])
@@ -109,7 +108,7 @@ def test_realism_names_a_damaged_archive_in_one_line_before_training(tmp_path):
 
 
 def test_realism_summary_gives_mean_spread_and_each_letters_lowest_set():
-    import realism
+    realism = benchmark_module("realism")
 
     runs = [{"seed": 1, "accuracy": 0.80, "per_letter": {"I": 0.85, "L": 0.45}},
             {"seed": 2, "accuracy": 0.84, "per_letter": {"I": 0.43, "L": 0.84}},
