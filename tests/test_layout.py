@@ -2,6 +2,7 @@
 import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -142,3 +143,20 @@ def test_the_readme_is_short_and_every_file_it_links_exists():
     assert len(readme) <= 20_000
     links = re.findall(r"\]\(((?!https?:)[^)#]+)\)", readme)
     assert links and [link for link in links if not (REPO / link).exists()] == []
+
+
+def test_the_three_commands_are_one_command_line(tmp_path):
+    # python assignment_5.py, denoising-vae and python -m denoising_vae: the same flags and defaults,
+    # each naming itself; run from another folder, as an installed command is.
+    commands = {"assignment_5.py": [sys.executable, str(REPO / "assignment_5.py")],
+                "denoising-vae": [str(Path(sys.executable).parent / "denoising-vae")],
+                "python -m denoising_vae": [sys.executable, "-m", "denoising_vae"]}
+    helps = {}
+    for name, command in commands.items():
+        done = subprocess.run(command + ["--help"], cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        helps[name] = " ".join(done.stdout.replace(name, "PROGRAM").split())
+        bad = subprocess.run(command + ["--epochs", "0"], cwd=tmp_path, capture_output=True, text=True)
+        assert bad.returncode == 2
+        assert bad.stderr == f"{name}: error: argument --epochs: expected an integer >= 1, got 0 (see --help)\n"
+    assert len(set(helps.values())) == 1
