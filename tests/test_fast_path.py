@@ -145,12 +145,14 @@ def test_resolve_precision():
 
 
 @pytest.mark.slow
-def test_shards_give_the_same_step_as_the_whole_batch(letters):
-    # The deterministic AE isolates the sharding: no random draws differ.
+@pytest.mark.parametrize("name", ["ae", "arch3", "arch1"])
+def test_shards_give_the_same_step_as_the_whole_batch(letters, name):
+    # A VAE's sampling epsilon is drawn for the whole batch and sliced (the AE draws nothing), so
+    # shards change only the order of floating-point sums.
     x, _ = letters
     results = []
-    for shards in (1, 2, 3):
-        model = vae.build_model("ae", seed=0)
+    for shards in (1, 2, 3, 4):
+        model = vae.build_model(name, seed=3)
         model.shards = shards
         model.compile(optimizer=keras.optimizers.Adam(1e-3))
         logs = model.train_on_batch(x[:100], x[:100], return_dict=True)
@@ -465,21 +467,3 @@ def test_the_step_code_key_follows_the_code(tmp_path, monkeypatch):
     edited.write_text(open(fused_layers.__file__).read() + "# an edit\n")
     monkeypatch.setattr(fused_layers, "__file__", str(edited))
     assert step_timing.step_code_key() != key
-
-
-@pytest.mark.parametrize("name", ["arch3", "arch1"])
-def test_a_vae_step_draws_the_same_random_numbers_for_any_shard_count(letters, name):
-    # The sampling's epsilon is drawn for the whole batch and sliced, so shards change only
-    # the order of floating-point sums (the AE test above has no draws at all).
-    x, _ = letters
-    results = []
-    for shards in (1, 2, 4):
-        model = vae.build_model(name, seed=3)
-        model.shards = shards
-        model.compile(optimizer=keras.optimizers.Adam(1e-3))
-        logs = model.train_on_batch(x[:100], x[:100], return_dict=True)
-        results.append((logs, weights_of(model)))
-    for logs, weights in results[1:]:
-        assert logs["loss"] == pytest.approx(results[0][0]["loss"], rel=1e-5)
-        for a, b in zip(weights, results[0][1]):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
