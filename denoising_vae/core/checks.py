@@ -79,6 +79,11 @@ def as_model_input(x):
     return x[..., None] if x.ndim == 3 else x
 
 
+class RunInterrupted(Exception):
+    """The run stopped before its end through no fault of its settings (a worker died more often than
+    Dask retries): the command line prints it as one line, exit status 1, and the same command resumes."""
+
+
 class UsageError(Exception):
     """A problem the user can fix (a flag, a folder, the data): the command line prints it as one line
     and exits with status 2."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.checks import UsageError, first_line
+from ..core.checks import RunInterrupted, UsageError, first_line
 from ..core.constants import ARCHITECTURES
 from .config import QUICK, StudyConfig
 from . import messages
@@ -194,6 +194,9 @@ def main(argv=None, prog="assignment_5.py") -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; run the same command again to resume from {out}", file=sys.stderr)
         return 130
+    except RunInterrupted as error:
+        print(f"{prog}: {error}; run the same command again to resume from {out}", file=sys.stderr)
+        return 1
     except Terminated:
         print(f"{prog}: terminated; run the same command again to resume from {out}", file=sys.stderr)
         return 128 + signal.SIGTERM
@@ -230,7 +233,11 @@ def _run(config, out, workers, scheduler, prog):
             run_study(config, out, workers=workers)
             return 0
         results = run_sweep(config, out, workers=workers, scheduler=scheduler)
-    failed = [cell for cell in results["cells"] if cell.get("status") != "done"]
+    interrupted = [cell for cell in results["cells"] if cell.get("status") == "interrupted"]
+    failed = [cell for cell in results["cells"] if cell.get("status") == "failed"]
+    if interrupted and not failed:
+        raise RunInterrupted(f"{len(interrupted)} of {len(results['cells'])} cells were interrupted, first "
+                             f"{interrupted[0]['name']}: {interrupted[0]['error']}")
     if failed:
         print(f"{prog}: error: {len(failed)} of {len(results['cells'])} cells failed, "
               f"first {failed[0]['name']}: {failed[0].get('error')}", file=sys.stderr)

@@ -105,7 +105,7 @@ def summary_table(summary):
                 continue
             spread = f" +- {stats['std']:.3g}" if stats["std"] is not None else ""
             cells.append(f"{stats['mean']:.4g}{spread} ({stats['n']})")
-        failed = f" ({row['failed']} failed)" if row["failed"] else ""
+        failed = "".join(f" ({row[key]} {key})" for key in ("failed", "interrupted") if row.get(key))
         lines.append(f"| {row['model']}{failed} | {row['latent_dim']} | {row['noise_std']:g} | {row['beta']:g} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -114,11 +114,14 @@ def summary_table(summary):
 def render_sweep_report(config, results, figures):
     """report.md of a sweep: data, settings, the summary table and every figure."""
     data = results["data"]
-    failed = [cell for cell in results["cells"] if cell.get("status") != "done"]
+    failed = [cell for cell in results["cells"] if cell.get("status") == "failed"]
+    interrupted = sum(cell.get("status") == "interrupted" for cell in results["cells"])
+    unfinished = f"{len(failed)} failed" + (f", {interrupted} interrupted: the same command resumes them"
+                                            if interrupted else "")
     sections = [
         "# Denoising VAEs on handwritten capital letters: sweep", "",
         f"**Data:** {data['description']}: {data['train']:,} training and {data['test']:,} test images.", "",
-        f"**Cells:** {len(results['cells'])} ({len(failed)} failed): models {', '.join(config.models)}; "
+        f"**Cells:** {len(results['cells'])} ({unfinished}): models {', '.join(config.models)}; "
         f"latent {config.values('latent_dim')}, noise std {config.values('noise_std')}, "
         f"beta {config.values('beta')}; {config.seeds} seeds from {config.seed}; {config.epochs} epochs, "
         f"batch {config.batch_size}, Adam {config.learning_rate}.", "",

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from ..core import files
-from ..core.checks import UsageError, first_line
+from ..core.checks import RunInterrupted, UsageError, first_line
 from ..core.runtime import start_tensorflow
 from ..data import input_read, noisy_test_copy
 from . import cluster, figures, report
@@ -234,6 +234,7 @@ def _train_on_workers(pending, config, out, data_name, workers, progress):
     reruns a model whose worker died, and the rerun resumes from its checkpoint.
     """
     from dask.distributed import wait
+    from distributed import KilledWorker
 
     from ..training.loop import NonFiniteLossError
 
@@ -264,7 +265,10 @@ def _train_on_workers(pending, config, out, data_name, workers, progress):
             running -= done
             for future in done:
                 name = futures[future]
-                outcome = future.result()
+                try:
+                    outcome = future.result()
+                except KilledWorker:
+                    raise RunInterrupted(f"{name}: its worker died more often than Dask retries") from None
                 lines.finished(name, outcome["lines"])
                 if "diverged" in outcome:
                     error = NonFiniteLossError(outcome["diverged"], epoch=outcome["epoch"])

@@ -163,6 +163,7 @@ def run_cells(cells, job, *, workers=1, scheduler=None, progress=print, dashboar
         return {cell.name: results[cell.name] for cell in cells}
 
     from dask.distributed import as_completed
+    from distributed import KilledWorker
 
     with cluster.dask_client(workers, scheduler) as client:
         if scheduler is not None:
@@ -175,6 +176,10 @@ def run_cells(cells, job, *, workers=1, scheduler=None, progress=print, dashboar
             cell = futures[future]
             try:
                 results[cell.name] = future.result()
+            except KilledWorker:  # not the cell's fault: it resumes from its checkpoint next time
+                results[cell.name] = {"name": cell.name, **cell.settings(),
+                                      "folder": str(Path(job.out) / "cells" / cell.name), "status": "interrupted",
+                                      "error": "its worker died more often than Dask retries"}
             except Exception as error:  # the cell's own failure, after Dask's retries
                 results[cell.name] = {"name": cell.name, **cell.settings(),
                                       "folder": str(Path(job.out) / "cells" / cell.name),
@@ -199,8 +204,9 @@ def summarise(results):
     summary = []
     for (model, latent_dim, noise_std, beta), members in groups.items():
         done = [r for r in members if r.get("status") == "done"]
-        row = {"model": model, "latent_dim": latent_dim, "noise_std": noise_std, "beta": beta,
-               "n": len(done), "failed": len(members) - len(done), "metrics": {}}
+        row = {"model": model, "latent_dim": latent_dim, "noise_std": noise_std, "beta": beta, "n": len(done),
+               "failed": sum(r.get("status") == "failed" for r in members),
+               "interrupted": sum(r.get("status") == "interrupted" for r in members), "metrics": {}}
         for metric in METRICS:
             values = np.array([r["test"][metric] for r in done if metric in r["test"]], dtype=np.float64)
             if len(values) == 0:
