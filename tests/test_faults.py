@@ -14,8 +14,9 @@ from denoising_vae.models import vae
 from denoising_vae.study import cli
 from denoising_vae.study import config as study_config, resources
 from denoising_vae.training import loop
-from conftest import REPO
+from conftest import REPO, benchmark_module
 
+KILL_ANYWHERE = benchmark_module("kill_anywhere")
 SLOW = ["--data", "synthetic", "--train-size", "1300", "--test-size", "52", "--epochs", "4", "--models", "ae",
         "--precision", "float32"]
 SMALL = ["--data", "synthetic", "--train-size", "260", "--test-size", "52", "--epochs", "1", "--precision", "float32"]
@@ -86,14 +87,7 @@ def test_ctrl_c_in_a_terminal_stops_the_worker_processes_too_and_the_same_comman
     flags = SLOW[:-4] + ["--models", "ae,arch2", "--precision", "float32", "--workers", "2"]
     # A terminal's Ctrl-C reaches every process of the foreground group: the run and its workers.
     process = launch(flags, out, start_new_session=True)
-    try:
-        assert wait_for(checkpoint_saved(out)), "no epoch finished"
-        os.killpg(process.pid, signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=120)
-        assert wait_for(lambda: not group_alive(process.pid), timeout=30), "worker processes outlived the run"
-    finally:
-        if group_alive(process.pid):
-            os.killpg(process.pid, signal.SIGKILL)
+    stdout, stderr = stop_after_an_epoch(process, out, signal.SIGINT)
     assert process.returncode == 130
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert lines == [f"assignment_5.py: interrupted; run the same command again to resume from {out}"], stderr
@@ -118,12 +112,15 @@ def test_ctrl_c_in_a_terminal_stops_the_worker_processes_too_and_the_same_comman
     assert capsys.readouterr().out.count("already finished") == 2
 
 
-def group_alive(group):
+def stop_after_an_epoch(process, out, sig):
+    """Send ``sig`` to the run's process group (its workers too, as a terminal or a job manager does) once
+    an epoch has finished; return ``(stdout, stderr)`` once every process of the group has ended."""
     try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        assert wait_for(checkpoint_saved(out)), "no epoch finished"
+        return KILL_ANYWHERE.stop_group(process, sig)
+    finally:
+        if KILL_ANYWHERE.group_alive(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.mark.slow
@@ -294,14 +291,7 @@ def test_sigterm_stops_with_one_line_and_status_143_and_the_same_command_resumes
     out = tmp_path / "run"
     flags = SLOW[:-4] + ["--models", "ae,arch2", "--precision", "float32", "--workers", workers]
     process = launch(flags, out, start_new_session=True)
-    try:
-        assert wait_for(checkpoint_saved(out)), "no epoch finished"
-        os.killpg(process.pid, signal.SIGTERM)
-        _, stderr = process.communicate(timeout=120)
-        assert wait_for(lambda: not group_alive(process.pid), timeout=30), "worker processes outlived the run"
-    finally:
-        if group_alive(process.pid):
-            os.killpg(process.pid, signal.SIGKILL)
+    _, stderr = stop_after_an_epoch(process, out, signal.SIGTERM)
     assert process.returncode == 143
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert lines == [f"assignment_5.py: terminated; run the same command again to resume from {out}"], stderr
@@ -339,3 +329,13 @@ def test_a_full_disk_stops_with_one_line_naming_the_file_and_the_same_command_re
     stdout, stderr = again.communicate(timeout=300)
     assert again.returncode == 0, stderr
     assert "arch3: already finished" in stdout and "arch2: test loss" in stdout
+
+
+@pytest.mark.slow
+def test_a_sweep_stopped_at_random_moments_ends_whole_and_equal_to_an_uninterrupted_one(tmp_path):
+    # benchmarks/kill_anywhere.py, short and seeded: SIGKILL, Ctrl-C and SIGTERM to the run's process
+    # group and SIGKILL to single workers, each stop followed by the same command, until it finishes;
+    # it checks every stop's folder and the finished sweep against an uninterrupted one.
+    report = KILL_ANYWHERE.main(["--kills", "5", "--seed", "3", "--out", str(tmp_path / "runs")])
+    assert report["checks"] == "passed" and sum(report["kills"].values()) == 5
+    assert report["finished_runs"] >= 1 and report["runs"] >= 5

@@ -1,0 +1,239 @@
+"""Kill a sweep (or a study) at random moments, rerun the same command each time, and check what it leaves.
+
+    python benchmarks/kill_anywhere.py [--kills 100] [--seed 0] [--study] [--out runs/kill-anywhere] [--json OUT]
+
+A small sweep (arch3 and the autoencoder x latent sizes 2 and 3 x 3 seeds, 3
+epochs on 520 synthetic letters, float32, two LocalCluster workers), or with
+``--study`` the four models of a study on two workers, is first run once
+without interruption for reference. Then the same command is started again
+and again in a fresh folder; at a moment drawn at random (seeded by
+``--seed``, so a failure replays) one of these happens:
+
+* ``sigkill``: the whole process group is killed, as by a power cut or a job
+  manager's last word;
+* ``sigint``: Ctrl-C to the process group, as a terminal sends it;
+* ``sigterm``: SIGTERM to the process group, as a job manager stops a job;
+* ``worker``: one worker process is killed and the run goes on (Dask retries
+  its cell or model, and the next kill comes later in the same run).
+
+After every stop the folder must hold only whole files: each finished cell's
+``cell.json`` (or finished model) is never written again, and every
+``history.csv`` has each epoch once, in order. A run that finishes is checked
+in full: exit status 0, ``sweep.csv`` with every cell once, each history with
+epochs 1..N once, ``results.json``, ``report.md`` and every figure readable,
+and every test metric equal to the reference run's. If kills remain, a new
+folder starts. One JSON object is printed: the kills of each kind, the runs
+and how long it all took.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP = ["--data", "synthetic", "--train-size", "520", "--test-size", "104", "--epochs", "3", "--models", "arch3,ae",
+         "--latent-dim", "2,3", "--seeds", "3", "--precision", "float32", "--workers", "2"]
+STUDY = ["--data", "synthetic", "--train-size", "520", "--test-size", "104", "--epochs", "3", "--precision", "float32",
+         "--workers", "2"]
+ACTIONS = ("sigkill", "sigint", "sigterm", "worker")
+
+
+def launch(flags, out):
+    """The command in a process group of its own, as a terminal or a job manager starts it."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, str(REPO / "assignment_5.py"), *flags, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+
+
+def group_alive(group):
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_group(process, sig):
+    """Send ``sig`` to the run's process group, wait until every process of it has ended, and
+    return the run's ``(stdout, stderr)``; an ``AssertionError`` if some outlived it."""
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
+    output = process.communicate(timeout=180)
+    deadline = time.time() + 60
+    while group_alive(process.pid) and time.time() < deadline:
+        time.sleep(0.05)
+    if group_alive(process.pid):
+        os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError(f"processes of the run outlived it after {sig!r}")
+    return output
+
+
+def check_one_line(action, status, stderr):
+    """After Ctrl-C or SIGTERM the run says one line, ending with 130 or 143; a run that had just
+    finished (0) or stopped on its own (1) may have met the signal too late to say so, and one that
+    had not yet started Python's signal handling ends by the signal itself, silently."""
+    expected = {"sigint": ("interrupted", 130), "sigterm": ("terminated", 143)}.get(action)
+    if expected is None or status in (0, 1):
+        return
+    word, code = expected
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    if status == 128 - code and not lines:  # -2 or -15: killed before Python took the signal
+        return
+    assert status == code and len(lines) == 1 and word in lines[0], f"after {action}: status {status}, {stderr!r}"
+
+
+def kill_a_worker(process):
+    """SIGKILL one worker process of the run's LocalCluster; whether there was one."""
+    import psutil
+
+    try:
+        children = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return False
+    workers = [child for child in children if "spawn_main" in " ".join(child.cmdline() or [])]
+    if not workers:
+        return False
+    workers[0].kill()
+    return True
+
+
+def finished_files(out):
+    """``{path: SHA-256}`` of every finished cell's ``cell.json`` and every finished model's file."""
+    found = list(out.glob("cells/*/cell.json")) + list(out.glob("*.keras"))
+    return {str(path): hashlib.sha256(path.read_bytes()).hexdigest() for path in found}
+
+
+def check_histories(out, epochs=None):
+    """Every ``history.csv`` has each epoch once, in order (1..N when ``epochs`` is given)."""
+    for path in list(out.glob("cells/*/history.csv")) + list(out.glob("checkpoints/*/history.csv")):
+        with open(path, newline="") as file:
+            numbers = [int(float(row["epoch"])) for row in csv.DictReader(file)]
+        assert numbers == list(range(1, len(numbers) + 1)), f"{path}: epochs {numbers}"
+        if epochs is not None:
+            assert len(numbers) == epochs, f"{path}: epochs {numbers}, expected 1..{epochs}"
+
+
+def test_metrics(results):
+    """``{name: test metrics}`` of every cell (a sweep) or model (a study) in ``results.json``."""
+    if "cells" in results:
+        return {cell["name"]: cell.get("test") for cell in results["cells"]}
+    return {name: entry["test"] for name, entry in results["models"].items()}
+
+
+def check_finished(out, reference, epochs):
+    """A finished run folder: complete, readable, and with the reference run's numbers."""
+    import matplotlib.image
+
+    results = json.loads((out / "results.json").read_text())
+    assert test_metrics(results) == reference, "test metrics differ from the uninterrupted run's"
+    if "cells" in results:
+        with open(out / "sweep.csv", newline="") as file:
+            names = [Path(row["folder"]).name for row in csv.DictReader(file)]
+        assert sorted(names) == sorted(reference) and len(set(names)) == len(names), names
+        assert results["summary"] and all(row["n"] == 3 and not row["failed"] for row in results["summary"])
+    check_histories(out, epochs)
+    assert (out / "report.md").read_text().startswith("# Denoising VAEs")
+    for figure in results["figures"].values():
+        assert matplotlib.image.imread(out / figure).size > 0
+
+
+def run(flags, out, epochs, kills, rng, reference, deadline):
+    """Kill runs of ``flags`` at random moments until ``kills`` kills were made; return the log."""
+    log = {"kills": {action: 0 for action in ACTIONS}, "runs": 0, "finished_runs": 0, "folders": 1}
+    folder = out / "run-1"
+    # A kill comes within this many seconds of the start or of the last worker kill: long enough for
+    # some work to be done between kills, short enough for many kills per run.
+    window = 14.0
+    while sum(log["kills"].values()) < kills:
+        assert time.time() < deadline, "out of time"
+        finished = finished_files(folder)
+        process = launch(flags, folder)
+        log["runs"] += 1
+        stderr = None
+        while stderr is None and sum(log["kills"].values()) < kills:
+            try:
+                process.wait(timeout=rng.uniform(0.2, window))
+            except subprocess.TimeoutExpired:
+                action = rng.choice(ACTIONS)
+                if action == "worker":
+                    log["kills"]["worker"] += kill_a_worker(process)
+                    continue
+                _, stderr = stop_group(process, {"sigkill": signal.SIGKILL, "sigint": signal.SIGINT,
+                                                 "sigterm": signal.SIGTERM}[action])
+                log["kills"][action] += 1
+                check_one_line(action, process.returncode, stderr)
+            else:
+                stderr = process.stderr.read()
+        if stderr is None:  # the kills ran out: let this run finish
+            _, stderr = process.communicate(timeout=900)
+        changed = [path for path, digest in finished.items()
+                   if Path(path).exists() and hashlib.sha256(Path(path).read_bytes()).hexdigest() != digest]
+        assert not changed, f"finished work written again: {changed}"
+        check_histories(folder)
+        if process.returncode == 0:
+            check_finished(folder, reference, epochs)
+            log["finished_runs"] += 1
+            if sum(log["kills"].values()) < kills:
+                log["folders"] += 1
+                folder = out / f"run-{log['folders']}"
+    while process.returncode != 0:  # the last run was stopped: the same command until it finishes
+        process = launch(flags, folder)
+        log["runs"] += 1
+        process.communicate(timeout=900)
+        if process.returncode == 0:
+            check_finished(folder, reference, epochs)
+            log["finished_runs"] += 1
+    return log
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kills", type=int, default=100, help="random stops in all")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the moments and kinds of the stops")
+    parser.add_argument("--study", action="store_true", help="a study of four models instead of a sweep")
+    parser.add_argument("--out", default="runs/kill-anywhere", help="folder for the runs (emptied first)")
+    parser.add_argument("--json", default=None, help="also write the JSON object to this file")
+    parser.add_argument("--hours", type=float, default=3.0, help="give up after this long")
+    args = parser.parse_args(argv)
+    import shutil
+
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    flags = STUDY if args.study else SWEEP
+    started = time.time()
+    reference_run = launch(flags, out / "reference")
+    _, stderr = reference_run.communicate(timeout=900)
+    assert reference_run.returncode == 0, stderr
+    reference = test_metrics(json.loads((out / "reference" / "results.json").read_text()))
+    reference_seconds = time.time() - started
+    log = run(flags, out, 3, args.kills, random.Random(args.seed), reference, started + 3600 * args.hours)
+    report = {"what": "study" if args.study else "sweep", "flags": flags, "seed": args.seed,
+              "reference_seconds": round(reference_seconds, 1), **log,
+              "seconds": round(time.time() - started, 1), "checks": "passed"}
+    try:
+        from bench_training import cpu_model
+
+        report["cpu"] = cpu_model()
+    except ImportError:
+        pass
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()
