@@ -29,7 +29,6 @@ from .models.losses import (PIXELS, PROBABILITY_CLIP, bernoulli_log_likelihood, 
                             reconstruction_loss)
 from .models.vae import as_float32, precision_of, with_precision
 
-
 # One compiled function per model and part, made on first use: Keras' predict sets
 # itself up on every call, and the figures call it a dozen times per model.
 _COMPILED = weakref.WeakKeyDictionary()

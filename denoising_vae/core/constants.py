@@ -5,19 +5,14 @@ package keeps them as 0-25, an index into :data:`LETTERS`.
 """
 ARCHITECTURES = ("arch1", "arch2", "arch3", "ae")
 
-
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
-
 IMAGE_SIZE = 28
-
 
 # EMNIST balanced labels: 0-9 digits, 10-35 capitals A-Z, 36-46 some lower case.
 FIRST_CAPITAL_LABEL = 10
 
-
 # Full EMNIST balanced capitals: 2,400 train and 400 test images per letter.
 EMNIST_TRAIN_CAPITALS = 62_400
-
 
 EMNIST_TEST_CAPITALS = 10_400

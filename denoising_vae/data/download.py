@@ -20,14 +20,11 @@ from .idx import check_archive
 
 LOGGER = logging.getLogger(__name__)
 
-
 NIST_URL = "https://biometrics.nist.gov/cs_links/EMNIST/gzip.zip"
-
 
 # MD5 of NIST's gzip.zip as torchvision's EMNIST loader pins it; the archive
 # cannot be fetched here, so no other digest of it can be pinned honestly.
 NIST_MD5 = "58c8d27c78d21e728a6bc7b3cc06412e"
-
 
 # Connect/read timeouts (s) of a download; ``auto`` probes with a shorter one.
 DOWNLOAD_TIMEOUT = (10.0, 60.0)

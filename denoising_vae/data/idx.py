@@ -18,11 +18,9 @@ import numpy as np
 from ..core.checks import first_line
 from ..core.constants import FIRST_CAPITAL_LABEL, IMAGE_SIZE, LETTERS
 
-
 # No EMNIST split has more images (byclass train: 697,932): an IDX header
 # declaring more is damaged or hostile, and bounds how far a member may inflate.
 MAX_IDX_ITEMS = 1_000_000
-
 
 MEMBER_TEMPLATE = "gzip/emnist-balanced-{usage}-{kind}-idx{dims}-ubyte.gz"
 

@@ -34,17 +34,13 @@ from .synthetic import generator_key, synthetic_letters
 
 LOGGER = logging.getLogger(__name__)
 
-
 SOURCE_WORDS = ("auto", "emnist", "synthetic")
 
-
 AUTO_PROBE_TIMEOUT = 3.0
-
 
 # Bump when the prepared-array format changes, so stale caches are rebuilt
 # instead of trusted (synthetic sets are also keyed by the generator's code).
 CACHE_VERSION = 2
-
 
 GET_REAL_DATA_HINT = (
     f"to use real EMNIST, download {NIST_URL} (536 MB) to ~/.cache/emnist/emnist.zip, "

@@ -216,7 +216,6 @@ def _catmull_rom(points, samples=48):
 # about 1.5 times as wide as high): their x coordinates are stretched.
 _STRETCH = {"M": 1.4, "N": 1.3, "W": 1.45, "U": 1.05}
 
-
 # Height of each lower-case form on the paper, in capital heights: x-height
 # letters are about half a capital, those with an ascender or descender
 # more. EMNIST frames every letter to the same 24 pixels, so a small letter

@@ -30,7 +30,6 @@ from ..core import files
 from ..core.constants import IMAGE_SIZE, LETTERS
 from . import strokes as letter_strokes
 
-
 # Faces of matplotlib's bundled fonts: sans, serif, mono, bold and slanted.
 SYNTHETIC_FONTS = (
     "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf",

@@ -147,7 +147,6 @@ def machine_key():
 
 TIMING_BLOCKS = 5
 
-
 # A precision more than this much slower than the other at one shard is not
 # timed at more shards: in the decisions recorded in benchmarks/results, such a
 # precision never won with more shards (benchmarks/results/intel-xeon-167/README.md).

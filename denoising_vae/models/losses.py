@@ -14,7 +14,6 @@ from ..core.constants import IMAGE_SIZE
 
 PIXELS = IMAGE_SIZE * IMAGE_SIZE
 
-
 PROBABILITY_CLIP = 1e-7  # probabilities are clipped to [1e-7, 1 - 1e-7] before the logarithms, as Keras does
 
 

@@ -30,7 +30,6 @@ from .losses import (PIXELS, kl_divergence, pixel_accuracy, reconstruction_loss,
 
 INPUT_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
 
-
 METRIC_NAMES = ("loss", "reconstruction", "kl", "accuracy")
 
 

@@ -11,9 +11,7 @@ import numpy as np
 
 from ..core.constants import ARCHITECTURES
 
-
 ROBUSTNESS_STDS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
-
 
 QUICK = {"train_size": 2600, "test_size": 520, "epochs": 2}
 

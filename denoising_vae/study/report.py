@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from .figures import SWEEP_METRICS
 
-
 _TABLE = (("loss", "test loss", "{:.2f}"), ("reconstruction", "reconstruction", "{:.2f}"), ("kl", "KL", "{:.2f}"),
           ("accuracy", "pixel accuracy", "{:.4f}"), ("psnr_noisy", "PSNR noisy (dB)", "{:.2f}"),
           ("psnr_reconstructed", "PSNR reconstructed (dB)", "{:.2f}"), ("ssim_noisy", "SSIM noisy", "{:.3f}"),

@@ -14,17 +14,14 @@ from ..core.checks import UsageError
 from ..core.constants import EMNIST_TEST_CAPITALS, EMNIST_TRAIN_CAPITALS
 from .messages import warn
 
-
 # Bytes per image held at once (float32 28x28 = 3,136 B): training images as
 # float32, their TensorFlow-resident copy and the uint8 cache; test images as
 # float32, the noisy test copy, the fixed noisy validation copy, its resident
-# pair and the uint8 cache. Measured against /usr/bin/time's peak: the
-# default study (62,400 + 10,400 images) peaks near 2.3 GiB with everything.
+# pair and the uint8 cache; BASE_BYTES is the rest, set against /usr/bin/time's
+# peak of the default study.
 TRAIN_BYTES_PER_IMAGE = 784 * (4 + 4 + 1)
 
-
 TEST_BYTES_PER_IMAGE = 784 * (4 + 4 + 4 + 8 + 1)
-
 
 BASE_BYTES = 1.5 * 2 ** 30  # TensorFlow, the models, evaluation buffers, figures
 

@@ -37,7 +37,6 @@ from .messages import Progress
 from .resources import processes_holding_data, usable_caches
 from .run_folder import finish_run, open_run
 
-
 METRICS = ("loss", "reconstruction", "kl", "accuracy", "psnr_noisy", "psnr_reconstructed", "ssim_noisy",
            "ssim_reconstructed", "log_likelihood")
 
