@@ -5,7 +5,8 @@
   importance-weighted estimate of log p(x) (Burda et al. 2016), all in
   batches of bounded memory.
 * :func:`encode_mean`, :func:`reconstruct`, :func:`decode`: numpy in, numpy out.
-* :func:`psnr` of numpy arrays.
+* :func:`psnr` of numpy arrays, and :func:`image_quality`: PSNR and SSIM per
+  image of any denoiser's output, as :func:`evaluate` computes them.
 * :func:`log_likelihood_from_logits`: the Bernoulli log-likelihood of a
   decoder's logits, compiled with XLA (the likelihood estimate's inner loop).
 
@@ -316,6 +317,27 @@ def psnr(clean, other):
     clean = np.asarray(clean, np.float64).reshape(len(clean), -1)
     other = np.asarray(other, np.float64).reshape(len(other), -1)
     return 10 * np.log10(1 / np.maximum(np.mean((clean - other) ** 2, axis=1), 1e-10))
+
+
+def image_quality(clean, images, batch_size=1000):
+    """PSNR (dB, peak 1) and SSIM per image of ``images`` against ``clean``, as :func:`evaluate` computes them.
+
+    SSIM is ``tf.image.ssim`` (11 x 11 Gaussian window, sigma 1.5; Wang et
+    al. 2004) with ``max_val=1``, so any denoiser's output is scored exactly
+    as the models' reconstructions are.
+
+    Args:
+        clean, images: (N, 28, 28[, 1]) in [0, 1], same N.
+
+    Returns:
+        ``{"psnr": (N,), "ssim": (N,)}`` float64 arrays.
+    """
+    images, clean = check_pair(images, clean, "images", "clean")
+    batch_size = check_positive_int("batch_size", batch_size)
+    ssim = np.concatenate([np.asarray(tf.image.ssim(tf.constant(clean[start:start + batch_size]),
+                                                    tf.constant(images[start:start + batch_size]), max_val=1.0),
+                                      np.float64) for start in range(0, len(clean), batch_size)])
+    return {"psnr": psnr(clean, images), "ssim": ssim}
 
 
 def _psnr(clean, other):

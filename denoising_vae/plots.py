@@ -14,6 +14,7 @@ from statistics import NormalDist
 import numpy as np
 from matplotlib import colors as mcolors
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .core import files
 from .core.constants import LETTERS
@@ -26,10 +27,10 @@ _TAB20 = [mcolors.to_hex(c) for c in
 LETTER_COLOURS = _TAB20 + ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02"]
 
 _CURVES = (("loss", "loss (nats per image)"), ("accuracy", "pixel accuracy"),
-           ("reconstruction", "reconstruction and KL (nats)"))
+           ("reconstruction", "reconstruction (nats)"), ("kl", "KL divergence (nats)"))
 
 
-def _finish(figure, path):
+def finish_figure(figure, path):
     """Save ``figure`` to ``path`` (when given) whole or not at all; return it."""
     if path is not None:
         path = Path(path)
@@ -56,31 +57,33 @@ def plot_learning_curves(histories, path=None):
         path: where to save the PNG, or ``None``.
 
     Returns:
-        Figure with one row per model and three columns: loss, accuracy, and
-        reconstruction with KL (train solid, validation dashed).
+        Figure with one row per model and four columns: loss, pixel accuracy,
+        reconstruction and KL, each on its own axis (the KL is a few nats
+        beside a reconstruction of hundreds); train solid, validation dashed.
     """
     if not histories:
         raise ValueError("Expected histories of at least one model. Received: histories={}")
-    figure = Figure(figsize=(13, 3.2 * len(histories)), layout="constrained")
-    axes = figure.subplots(len(histories), 3, squeeze=False)
+    figure = Figure(figsize=(16, 3.0 * len(histories)), layout="constrained")
+    axes = figure.subplots(len(histories), len(_CURVES), squeeze=False)
     for row, (name, history) in enumerate(histories.items()):
         epochs = np.arange(1, len(history["loss"]) + 1)
         for column, (key, label) in enumerate(_CURVES):
             axis = axes[row, column]
-            keys = [key, "kl"] if key == "reconstruction" else [key]
-            for index, metric in enumerate(keys):
-                if metric == "kl" and not any(history.get("kl", [])):
-                    continue  # the plain autoencoder has no KL term
-                colour = f"C{index}"
-                axis.plot(epochs, history[metric], "-o", color=colour, markersize=3, label=f"train {metric}")
-                if f"val_{metric}" in history:
-                    axis.plot(epochs, history[f"val_{metric}"], "--s", color=colour, markersize=3,
-                              label=f"validation {metric}")
             axis.set_title(f"{name}: {label}", fontsize=10)
+            if key == "kl" and not any(history.get("kl", [])):
+                axis.text(0.5, 0.5, "no KL term (plain autoencoder)", ha="center", va="center",
+                          transform=axis.transAxes, fontsize=9, color="grey")
+                axis.set_xticks([])
+                axis.set_yticks([])
+                continue
+            axis.plot(epochs, history[key], "-o", color="C0", markersize=3, label="train")
+            if f"val_{key}" in history:
+                axis.plot(epochs, history[f"val_{key}"], "--s", color="C1", markersize=3, label="validation")
             axis.set_xlabel("epoch")
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
             axis.grid(alpha=0.3)
             axis.legend(fontsize=7)
-    return _finish(figure, path)
+    return finish_figure(figure, path)
 
 
 def distinct_letter_indices(labels, n=10, seed=0):
@@ -125,7 +128,7 @@ def plot_reconstructions(x_clean, x_noisy, x_reconstructed, labels=None, title=N
         axes[0].tick_params(axis="y", length=0)
     if title:
         figure.suptitle(title, fontsize=10)
-    return _finish(figure, path)
+    return finish_figure(figure, path)
 
 
 def latent_grid_values(n=15, low=0.05, high=0.95):
@@ -179,7 +182,7 @@ def plot_latent_sweep(decode, latent_dim, n=15, low=0.05, high=0.95, title=None,
         axis.set_xlabel("value of the swept dimension (others 0)")
     if title:
         axis.set_title(title, fontsize=10)
-    return _finish(figure, path)
+    return finish_figure(figure, path)
 
 
 def plot_latent_map(z, labels, title=None, path=None):
@@ -212,7 +215,7 @@ def plot_latent_map(z, labels, title=None, path=None):
     axis.grid(alpha=0.3)
     if title:
         axis.set_title(title, fontsize=10)
-    return _finish(figure, path)
+    return finish_figure(figure, path)
 
 
 _COMPARED = (("psnr_reconstructed", "PSNR of the reconstruction (dB)"),
@@ -220,53 +223,101 @@ _COMPARED = (("psnr_reconstructed", "PSNR of the reconstruction (dB)"),
              ("accuracy", "pixel accuracy"), ("loss", "test loss (nats per image)"))
 
 
-def plot_comparison(test_metrics, robustness=None, path=None):
-    """All models side by side: test metrics, and PSNR against the test noise level.
+def plot_comparison(test_metrics, robustness=None, baselines=None, study_noise_std=None, path=None):
+    """All models side by side, and beside the classical denoisers.
+
+    Values are dots on an axis fitted to them (bars from zero would hide
+    differences of 1-2 %).
 
     Args:
-        test_metrics: ``{model name: evaluate() dict}``.
-        robustness: ``{"noise_std": [...], "noisy": [psnr...], model name: [psnr...]}``
-            (PSNR of the noisy input and of each model's reconstruction per
-            noise level), or ``None``.
+        test_metrics: ``{model name: evaluate() dict}`` (the whole test set).
+        robustness: ``{"noise_std": [...], "psnr": {"noisy": [...], model: [...]},
+            "ssim": {...}}``: mean PSNR and SSIM of the noisy input and of each
+            model's reconstruction per noise level, or ``None``.
+        baselines: ``{method: {"noise_std": [...], "psnr": [...], "ssim": [...]}}``
+            of classical denoisers on the same letters as ``robustness``, or ``None``.
+        study_noise_std: the noise level of the models' side-by-side panels of
+            the second row (models and classical denoisers on the same letters).
 
     Returns:
-        Figure with one bar chart per metric and, given ``robustness``, the curve.
+        Figure: the four test metrics in the first row; given ``robustness``, a
+        second row with PSNR and SSIM of models and classical denoisers at
+        ``study_noise_std`` and both against the noise level.
     """
     if not test_metrics:
         raise ValueError("Expected test_metrics of at least one model. Received: test_metrics={}")
-    panels = len(_COMPARED) + (robustness is not None)
-    figure = Figure(figsize=(3.4 * panels, 3.4), layout="constrained")
-    axes = figure.subplots(1, panels, squeeze=False)[0]
+    rows = 1 + (robustness is not None)
+    figure = Figure(figsize=(14, 3.5 * rows), layout="constrained")
+    axes = figure.subplots(rows, len(_COMPARED), squeeze=False)
     names = list(test_metrics)
-    for axis, (key, label) in zip(axes, _COMPARED):
-        values = [test_metrics[name].get(key, np.nan) for name in names]
-        bars = axis.bar(names, values, color=[f"C{i}" for i in range(len(names))])
-        axis.bar_label(bars, fmt="%.3g", fontsize=7)
-        if key == "psnr_reconstructed":
-            noisy = np.mean([test_metrics[name]["psnr_noisy"] for name in names])
-            axis.axhline(noisy, color="k", linestyle=":", label="noisy input")
-            axis.legend(fontsize=7)
-        axis.set_title(label, fontsize=9)
-        axis.tick_params(axis="x", labelsize=8)
-    if robustness is not None:
-        axis = axes[-1]
-        stds = np.asarray(robustness["noise_std"], dtype=float)
-        noisy = np.asarray(robustness["noisy"], dtype=float)
+    for axis, (key, label) in zip(axes[0], _COMPARED):
+        _dots(axis, names, [test_metrics[name].get(key, np.nan) for name in names])
+        if key in ("psnr_reconstructed", "ssim_reconstructed"):
+            noisy = np.mean([test_metrics[name][key.replace("reconstructed", "noisy")] for name in names])
+            axis.set_title(f"{label}\n(noisy input: {noisy:.3g})", fontsize=9)
+        else:
+            axis.set_title(label, fontsize=9)
+    if robustness is None:
+        return finish_figure(figure, path)
+    baselines = baselines or {}
+    stds = [float(v) for v in robustness["noise_std"]]
+    for axis, metric in zip(axes[1, :2], ("psnr", "ssim")):
+        if study_noise_std is None or float(study_noise_std) not in stds:
+            axis.set_visible(False)
+            continue
+        level = stds.index(float(study_noise_std))
+        labels = names + list(baselines)
+        values = [robustness[metric][name][level] if name in robustness[metric] else np.nan for name in names]
+        values += [curve[metric][curve["noise_std"].index(float(study_noise_std))]
+                   if float(study_noise_std) in curve["noise_std"] else np.nan for curve in baselines.values()]
+        _dots(axis, labels, values, classical=len(names))
+        axis.axhline(robustness[metric]["noisy"][level], color="k", linestyle=":", linewidth=1, label="noisy input")
+        axis.legend(fontsize=7)
+        axis.set_title(f"{metric.upper()}, noise std {float(study_noise_std):g}, first "
+                       f"{robustness.get('letters', '')} test letters\n(models, then classical denoisers)", fontsize=9)
+    for axis, metric in zip(axes[1, 2:], ("psnr", "ssim")):
+        noisy = np.asarray(robustness[metric]["noisy"], dtype=float)
         # At std 0 the "noisy" input is the clean image (PSNR capped at 100 dB): keep it off the scale.
-        shown = [noisy[stds > 0]]
+        shown = [noisy[np.asarray(stds) > 0]]
         axis.plot(stds, noisy, "k:o", markersize=3, label="noisy input")
         for index, name in enumerate(names):
-            if name in robustness:
-                axis.plot(stds, robustness[name], "-o", color=f"C{index}", markersize=3, label=name)
-                shown.append(np.asarray(robustness[name], dtype=float))
+            if name in robustness[metric]:
+                axis.plot(stds, robustness[metric][name], "-o", color=f"C{index}", markersize=3, label=name)
+                shown.append(np.asarray(robustness[metric][name], dtype=float))
+        for index, (method, curve) in enumerate(baselines.items()):
+            axis.plot(curve["noise_std"], curve[metric], "--", color=CLASSICAL_COLOURS[index % len(CLASSICAL_COLOURS)],
+                      linewidth=1, label=method)
+            shown.append(np.asarray(curve[metric], dtype=float)[np.asarray(curve["noise_std"]) > 0])
         values = np.concatenate(shown)
-        axis.set_ylim(values.min() - 1, values.max() + 3)
+        margin = 0.05 * (values.max() - values.min())
+        axis.set_ylim(values.min() - margin, values.max() + margin)
         axis.set_xlabel("test noise std")
-        axis.set_ylabel("PSNR (dB)")
-        axis.set_title("robustness to noise", fontsize=9)
+        axis.set_title(f"{metric.upper()} against the noise (dashed: classical)", fontsize=9)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
-    return _finish(figure, path)
+        axis.legend(fontsize=6, ncol=2)
+    return finish_figure(figure, path)
+
+
+CLASSICAL_COLOURS = ("#555555", "#8c564b", "#bcbd22", "#17becf", "#e377c2")
+
+
+def _dots(axis, labels, values, classical=None):
+    """One dot per label on an axis fitted to the values; labels from index ``classical`` on are
+    classical denoisers, drawn grey as diamonds."""
+    for index, (label, value) in enumerate(zip(labels, values)):
+        is_classical = classical is not None and index >= classical
+        colour = CLASSICAL_COLOURS[(index - classical) % len(CLASSICAL_COLOURS)] if is_classical else f"C{index}"
+        axis.plot([index], [value], "D" if is_classical else "o", color=colour, markersize=7)
+        if np.isfinite(value):
+            axis.annotate(f"{value:.4g}", (index, value), textcoords="offset points", xytext=(0, 6),
+                          ha="center", fontsize=7)
+    axis.set_xticks(range(len(labels)), labels, fontsize=8, rotation=30 if len(labels) > 4 else 0)
+    axis.set_xlim(-0.6, len(labels) - 0.4)
+    finite = np.asarray(values, dtype=float)[np.isfinite(values)]
+    if len(finite):
+        spread = max(finite.max() - finite.min(), 1e-3 * max(abs(finite.max()), 1e-9))
+        axis.set_ylim(finite.min() - 0.25 * spread, finite.max() + 0.35 * spread)
+    axis.grid(alpha=0.3, axis="y")
 
 
 def plot_letter_grid(images, labels, per_letter=4, title=None, path=None):
@@ -294,126 +345,4 @@ def plot_letter_grid(images, labels, per_letter=4, title=None, path=None):
     axis.set_yticks([])
     if title:
         axis.set_title(title, fontsize=10)
-    return _finish(figure, path)
-
-
-# --------------------------------------------------------------------------
-# Sweeps: several seeds per model and setting
-# --------------------------------------------------------------------------
-
-def plot_learning_curve_bands(histories, metric="loss", path=None):
-    """Learning curves across seeds: the mean per epoch and a band from the lowest to the highest seed.
-
-    Args:
-        histories: ``{label: [history, ...]}``, one history per seed (as in
-            :func:`plot_learning_curves`), equally long within a label.
-        metric: the history key to draw; its ``val_`` version is drawn dashed.
-
-    Returns:
-        Figure with one axis: train (solid) and validation (dashed) per label.
-    """
-    if not histories:
-        raise ValueError("Expected histories of at least one model. Received: histories={}")
-    figure = Figure(figsize=(7, 4.2), layout="constrained")
-    axis = figure.subplots()
-    for index, (label, runs) in enumerate(histories.items()):
-        for key, style in ((metric, "-"), (f"val_{metric}", "--")):
-            curves = [run[key] for run in runs if key in run]
-            if not curves:
-                continue
-            length = min(len(curve) for curve in curves)
-            values = np.array([curve[:length] for curve in curves], dtype=np.float64)
-            epochs = np.arange(1, length + 1)
-            axis.plot(epochs, values.mean(0), style, color=f"C{index}",
-                      label=f"{label} {'validation' if key.startswith('val_') else 'train'} (n={len(values)})")
-            axis.fill_between(epochs, values.min(0), values.max(0), color=f"C{index}", alpha=0.15)
-    axis.set_xlabel("epoch")
-    axis.set_ylabel(metric)
-    axis.set_title(f"{metric}: mean over seeds, band from lowest to highest seed", fontsize=10)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
-    return _finish(figure, path)
-
-
-def plot_metric_against_setting(summary, setting, metrics, fixed=None, path=None):
-    """Each metric against one swept setting, one line per architecture, 95 % intervals as error bars.
-
-    Args:
-        summary: rows of ``sweep.summarise`` (model, latent_dim, noise_std,
-            beta, metrics: {name: {mean, ci95, ...}}).
-        setting: ``"latent_dim"``, ``"noise_std"`` or ``"beta"``, the x axis.
-        metrics: ``[(key, label), ...]`` to draw, one axis each.
-        fixed: ``{other setting: value}`` that rows must match (the others'
-            first values), or ``None`` for every row.
-
-    Returns:
-        Figure with one axis per metric.
-    """
-    rows = [row for row in summary if all(row[key] == value for key, value in (fixed or {}).items())]
-    if not rows:
-        raise ValueError(f"Expected summary rows to plot against {setting}. Received: none match {fixed}")
-    figure = Figure(figsize=(4.2 * len(metrics), 3.6), layout="constrained")
-    axes = figure.subplots(1, len(metrics), squeeze=False)[0]
-    models = list(dict.fromkeys(row["model"] for row in rows))
-    for axis, (key, label) in zip(axes, metrics):
-        for index, model in enumerate(models):
-            points = sorted((row[setting], row["metrics"][key]) for row in rows
-                            if row["model"] == model and key in row["metrics"])
-            if not points:
-                continue
-            x = [value for value, _ in points]
-            mean = np.array([m["mean"] for _, m in points])
-            low = np.array([m["mean"] - m["ci95"][0] if m["ci95"] else 0.0 for _, m in points])
-            high = np.array([m["ci95"][1] - m["mean"] if m["ci95"] else 0.0 for _, m in points])
-            axis.errorbar(x, mean, yerr=[low, high], marker="o", capsize=3, color=f"C{index}", label=model)
-        if setting == "latent_dim":
-            axis.set_xscale("log", base=2)
-            values = sorted({row[setting] for row in rows})
-            axis.set_xticks(values, [str(value) for value in values])
-            axis.minorticks_off()
-        if key in ("psnr_reconstructed", "ssim_reconstructed"):  # the noisy input's level for reference
-            noisy = key.replace("reconstructed", "noisy")
-            references = sorted({(row[setting], row["metrics"][noisy]["mean"]) for row in rows
-                                 if noisy in row["metrics"]})
-            if references:
-                axis.plot([v for v, _ in references], [m for _, m in references], ":", color="grey",
-                          label="noisy input")
-        axis.set_xlabel(setting)
-        axis.set_title(label, fontsize=10)
-        axis.grid(alpha=0.3)
-        if axis.get_legend_handles_labels()[0]:
-            axis.legend(fontsize=7)
-    return _finish(figure, path)
-
-
-def plot_comparison_across_seeds(summary, metrics, path=None):
-    """Test metrics side by side per model (one setting): the mean and its 95 % interval.
-
-    Args:
-        summary: rows of ``sweep.summarise`` for one setting, one per model.
-        metrics: ``[(key, label), ...]``, one axis each.
-
-    Returns:
-        Figure with one axis per metric, a dot with error bars per model.
-    """
-    if not summary:
-        raise ValueError("Expected summary rows of at least one model. Received: none")
-    figure = Figure(figsize=(4.2 * len(metrics), 3.6), layout="constrained")
-    axes = figure.subplots(1, len(metrics), squeeze=False)[0]
-    names = [row["model"] for row in summary]
-    for axis, (key, label) in zip(axes, metrics):
-        means, lows, highs = [], [], []
-        for row in summary:
-            stats = row["metrics"].get(key)
-            means.append(stats["mean"] if stats else np.nan)
-            interval = stats["ci95"] if stats and stats["ci95"] else None
-            lows.append(stats["mean"] - interval[0] if interval else 0.0)
-            highs.append(interval[1] - stats["mean"] if interval else 0.0)
-        for index, name in enumerate(names):  # a dot and its interval: a bar from 0 would hide the spread
-            axis.errorbar([index], [means[index]], yerr=[[lows[index]], [highs[index]]], marker="o", capsize=5,
-                          color=f"C{index}")
-        axis.set_xticks(range(len(names)), names)
-        axis.set_xlim(-0.6, len(names) - 0.4)
-        axis.set_title(f"{label} (n = {summary[0]['n']})", fontsize=10)
-        axis.grid(alpha=0.3, axis="y")
-    return _finish(figure, path)
+    return finish_figure(figure, path)

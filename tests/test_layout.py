@@ -14,9 +14,9 @@ ORDER = (
     "core.constants", "core.checks", "core.files", "core.caches", "core.runtime",
     "data.strokes", "data.synthetic", "data.idx", "data.download", "data.noise", "data.sources",
     "models.losses", "models.fused", "models.fast_path", "models.vae",
-    "training.inputs", "training.loop", "training.step_timing", "evaluation",
-    "plots",
-    "study.config", "study.messages", "study.resources", "study.run_folder", "study.one_model", "study.cluster",
+    "training.inputs", "training.loop", "training.step_timing", "evaluation", "baselines", "latent",
+    "plots", "sweep_plots",
+    "study.config", "study.messages", "study.resources", "study.run_folder", "study.yardstick", "study.one_model", "study.cluster",
     "study.figures", "study.report", "study.study", "study.sweep", "study.cli",
 )
 FACES = ("assignment_5", "data_prepro", "models", "plots")

@@ -32,9 +32,14 @@ def test_learning_curves_axes(tmp_path):
                                                 "reconstruction", "val_reconstruction", "kl", "val_kl")}
     ae_history = {**history, "kl": [0.0] * 3, "val_kl": [0.0] * 3}
     figure = plots.plot_learning_curves({"arch1": history, "ae": ae_history}, path=tmp_path / "c.png")
-    assert isinstance(figure, Figure) and len(figure.axes) == 6
+    assert isinstance(figure, Figure) and len(figure.axes) == 8
     assert (tmp_path / "c.png").stat().st_size > 0
-    assert len(figure.axes[2].lines) == 4 and len(figure.axes[5].lines) == 2  # no KL for the AE
+    # The KL has its own axis (a few nats beside hundreds); the AE's says it has none.
+    assert [axis.get_title() for axis in figure.axes[:4]] == [
+        "arch1: loss (nats per image)", "arch1: pixel accuracy", "arch1: reconstruction (nats)",
+        "arch1: KL divergence (nats)"]
+    assert all(len(axis.lines) == 2 for axis in figure.axes[:7])
+    assert len(figure.axes[7].lines) == 0 and "no KL term" in figure.axes[7].texts[0].get_text()
     with pytest.raises(ValueError, match="Expected histories of at least one model"):
         plots.plot_learning_curves({})
 
@@ -94,10 +99,27 @@ def test_latent_map_labels_every_letter():
 def test_comparison_panels():
     metrics = {name: {"psnr_noisy": 9.0, "psnr_reconstructed": 12.0, "ssim_reconstructed": 0.5,
                       "accuracy": 0.9, "loss": 150.0} for name in ("arch1", "ae")}
-    robustness = {"noise_std": [0.0, 0.5, 1.0], "noisy": [100.0, 9.0, 6.0], "arch1": [14, 12, 10], "ae": [13, 12, 9]}
-    figure = plots.plot_comparison(metrics, robustness)
-    assert len(figure.axes) == 5 and len(figure.axes[-1].lines) == 3
-    assert figure.axes[-1].get_ylim()[1] < 50  # the capped 100 dB of std 0 stays off the scale
+    for name in metrics:
+        metrics[name]["ssim_noisy"] = 0.4
+    metrics["ae"]["psnr_reconstructed"] = 12.2
+    robustness = {"noise_std": [0.0, 0.5, 1.0], "letters": 1000,
+                  "psnr": {"noisy": [100.0, 9.0, 6.0], "arch1": [14, 12, 10], "ae": [13, 12, 9]},
+                  "ssim": {"noisy": [1.0, 0.4, 0.2], "arch1": [0.3, 0.2, 0.1], "ae": [0.3, 0.2, 0.1]}}
+    classical = {"median": {"noise_std": [0.0, 0.5, 1.0], "psnr": [30, 14, 11], "ssim": [0.9, 0.5, 0.3]}}
+    figure = plots.plot_comparison(metrics, robustness, classical, study_noise_std=0.5)
+    assert len(figure.axes) == 8
+    psnr_axis = figure.axes[0]
+    # Dots on an axis fitted to them, not bars from zero: 12.0 and 12.2 fill most of it.
+    low, high = psnr_axis.get_ylim()
+    assert 11.8 < low < 12.0 and 12.2 < high < 12.4
+    assert [line.get_ydata()[0] for line in psnr_axis.lines] == [12.0, 12.2]
+    # Models, then the classical denoiser, at the study's noise on the same letters.
+    side_by_side = figure.axes[4]
+    assert [t.get_text() for t in side_by_side.get_xticklabels()] == ["arch1", "ae", "median"]
+    assert [line.get_ydata()[0] for line in side_by_side.lines[:3]] == [12, 12, 14]
+    curve = figure.axes[6]
+    assert len(curve.lines) == 4  # noisy, two models, one classical denoiser
+    assert curve.get_ylim()[1] < 50  # the capped 100 dB of std 0 stays off the scale
     assert len(plots.plot_comparison(metrics).axes) == 4
 
 

@@ -5,6 +5,11 @@ package keeps them as 0-25, an index into :data:`LETTERS`.
 """
 ARCHITECTURES = ("arch1", "arch2", "arch3", "ae")
 
+# The classical denoisers measured beside the models (``denoising_vae.baselines``); BM3D only when
+# asked, its cost per image being hundreds of times the others'.
+BASELINES = ("gaussian", "median", "nl_means", "tv", "bm3d")
+DEFAULT_BASELINES = ("gaussian", "median", "nl_means", "tv")
+
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 IMAGE_SIZE = 28

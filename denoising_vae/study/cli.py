@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.checks import RunInterrupted, UsageError, first_line
-from ..core.constants import ARCHITECTURES
+from ..core.constants import ARCHITECTURES, BASELINES
 from .config import QUICK, StudyConfig
 from . import messages
 from .resources import available_memory, memory_needed, processes_holding_data
@@ -72,6 +72,12 @@ def parse_args(argv, prog="assignment_5.py"):
                         choices=("auto", "float32", "mixed_bfloat16"),
                         help="training arithmetic; auto = whichever trains faster here, timed once per "
                              "machine and model and cached")
+    parser.add_argument("--baselines", default=",".join(defaults.baselines),
+                        help="classical denoisers measured beside the models: a comma-separated subset of "
+                             f"{','.join(BASELINES)}, all, or none (bm3d takes about a third of a second "
+                             "per letter)")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also log each model's epochs for TensorBoard under OUT/tensorboard")
     parser.add_argument("--out", default="runs/study", help="run folder")
     parser.add_argument("--quick", action="store_true",
                         help=f"small balanced subset and few epochs ({QUICK['train_size']} train, "
@@ -89,6 +95,7 @@ def config_from_args(args, parser):
                      f"got {args.models!r}")
     if len(set(names)) != len(names):
         parser.error(f"argument --models: each model once, got {args.models!r}")
+    baselines = parse_baselines(parser, args.baselines)
     given = {key: value for key, value in vars(args).items()}
     if args.quick:
         for key, value in QUICK.items():
@@ -109,8 +116,21 @@ def config_from_args(args, parser):
                          latent_dim=one_or_tuple(given["latent_dim"]), noise_std=one_or_tuple(given["noise_std"]),
                          beta=one_or_tuple(given["beta"]), learning_rate=given["learning_rate"],
                          train_size=given["train_size"], test_size=given["test_size"], seed=given["seed"],
-                         precision=args.precision, quick=args.quick, seeds=given["seeds"][0])
+                         precision=args.precision, quick=args.quick, seeds=given["seeds"][0],
+                         baselines=baselines)
     return config
+
+
+def parse_baselines(parser, text):
+    """``--baselines``: ``"median,tv"`` -> ``("median", "tv")``; ``all``; ``none`` -> ``()``; bad text exits."""
+    text = text.strip()
+    if text in ("all", "none"):
+        return BASELINES if text == "all" else ()
+    names = tuple(name.strip() for name in text.split(","))
+    if not names or any(name not in BASELINES for name in names) or len(set(names)) != len(names):
+        parser.error(f"argument --baselines: expected all, none or a comma-separated subset of "
+                     f"{','.join(BASELINES)} (each once), got {text!r}")
+    return names
 
 
 def placement_from_args(args, parser, config):
@@ -184,7 +204,7 @@ def main(argv=None, prog="assignment_5.py") -> int:
     messages.PROGRAM = prog
     on_sigterm = _stop_on_sigterm()
     try:
-        return _run(config, out, workers, scheduler, prog)
+        return _run(config, out, workers, scheduler, prog, args.tensorboard)
     except UsageError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
@@ -227,12 +247,12 @@ def _stop_on_sigterm():
     return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
-def _run(config, out, workers, scheduler, prog):
+def _run(config, out, workers, scheduler, prog, tensorboard):
     with OutLock(out):
         if not (config.is_sweep or scheduler is not None):
-            run_study(config, out, workers=workers)
+            run_study(config, out, workers=workers, tensorboard=tensorboard)
             return 0
-        results = run_sweep(config, out, workers=workers, scheduler=scheduler)
+        results = run_sweep(config, out, workers=workers, scheduler=scheduler, tensorboard=tensorboard)
     interrupted = [cell for cell in results["cells"] if cell.get("status") == "interrupted"]
     failed = [cell for cell in results["cells"] if cell.get("status") == "failed"]
     if interrupted and not failed:

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
+from ..core.constants import ARCHITECTURES, DEFAULT_BASELINES
 
-from ..core.constants import ARCHITECTURES
-
-ROBUSTNESS_STDS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
+# Test noise levels of the robustness curve; the study's own level is added when it is not one of them.
+ROBUSTNESS_STDS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 QUICK = {"train_size": 2600, "test_size": 520, "epochs": 2}
 
@@ -34,6 +33,11 @@ class StudyConfig:
     precision: str = "auto"         # auto, float32 or mixed_bfloat16 (training only)
     quick: bool = False
     seeds: int = 1                  # replicates: --seed, --seed + 1, ...
+    baselines: tuple = DEFAULT_BASELINES  # classical denoisers measured beside the models
+
+    def noise_levels(self):
+        """The robustness curve's noise levels and every noise std the study trains with, sorted."""
+        return sorted({float(std) for std in ROBUSTNESS_STDS} | {float(std) for std in self.values("noise_std")})
 
     def values(self, setting):
         """The list of values of ``latent_dim``, ``noise_std`` or ``beta``."""

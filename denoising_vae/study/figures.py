@@ -8,15 +8,17 @@ from __future__ import annotations
 import numpy as np
 
 from ..core import files
-from ..data import noise_addition
-from .config import ROBUSTNESS_STDS
+from .yardstick import ROBUSTNESS_LETTERS, robustness_letters
 
 
-def make_figures(out, config, trained, finished, x_test, y_test, x_test_noisy, made=None):
+def make_figures(out, config, trained, finished, x_test, y_test, x_test_noisy, made=None, baselines=None):
     """Every figure as PNG under ``out``; returns ``{key: file name}``.
 
     ``made``: ``{name: model_figures(...)}`` of models whose own figures were
     made already (in :func:`run_study`, once a core was free of training); the others' are made here.
+    ``baselines``: the ``results.json`` section of the classical denoisers, drawn beside the models.
+    Also writes ``robustness.json``: mean PSNR and SSIM of the noisy input and of each model's
+    reconstructions at each noise level, on the same test letters as the classical denoisers.
     """
     from .. import evaluation, plots
 
@@ -27,30 +29,46 @@ def make_figures(out, config, trained, finished, x_test, y_test, x_test_noisy, m
     figures = {"learning_curves": "learning_curves.png"}
     plots.plot_learning_curves({name: finished[name]["history"] for name in trained},
                                path=out / figures["learning_curves"])
-    clean, noisy_levels = _robustness_inputs(config, x_test)
-    robustness = {"noise_std": list(ROBUSTNESS_STDS),
-                  "noisy": [float(np.mean(evaluation.psnr(clean, noisy))) for noisy in noisy_levels]}
+    levels = config.noise_levels()
+    noisy_quality = [_quality(evaluation, *robustness_letters(x_test, std, config.seed)) for std in levels]
+    robustness = {"noise_std": levels, "letters": min(len(x_test), ROBUSTNESS_LETTERS),
+                  "psnr": {"noisy": [q[0] for q in noisy_quality]}, "ssim": {"noisy": [q[1] for q in noisy_quality]}}
     for name in trained:
-        own_figures, robustness[name] = made[name]
+        own_figures, (robustness["psnr"][name], robustness["ssim"][name]) = made[name]
         figures.update(own_figures)
     figures["comparison"] = "comparison.png"
     plots.plot_comparison({name: finished[name]["test"] for name in trained}, robustness,
+                          baseline_curves(baselines), study_noise_std=config.values("noise_std")[0],
                           path=out / figures["comparison"])
     files.write_json(out / "robustness.json", robustness)
     return figures
 
 
-def _robustness_inputs(config, x_test):
-    """The first (up to) 1,000 test letters and their noisy copies at each of ``ROBUSTNESS_STDS``."""
-    clean = x_test[:min(len(x_test), 1000)]
-    return clean, [noise_addition(clean, float(std), seed=config.seed + 11) for std in ROBUSTNESS_STDS]
+def _quality(evaluation, clean, images):
+    """Mean PSNR and SSIM of ``images`` against ``clean``, as floats."""
+    quality = evaluation.image_quality(clean, images)
+    return float(np.mean(quality["psnr"])), float(np.mean(quality["ssim"]))
+
+
+def baseline_curves(baselines):
+    """``{method: {"noise_std": [...], "psnr": [...], "ssim": [...], "value": [...]}}`` from the
+    ``results.json`` section of the classical denoisers (``None``: ``{}``)."""
+    curves = {}
+    for key, rows in sorted((baselines or {}).get("levels", {}).items(), key=lambda item: float(item[0])):
+        for row in rows:
+            curve = curves.setdefault(row["method"], {"noise_std": [], "psnr": [], "ssim": [], "value": []})
+            curve["noise_std"].append(float(key))
+            for field in ("psnr", "ssim", "value"):
+                curve[field].append(row[field])
+    return curves
 
 
 def model_figures(out, config, name, model, x_test, y_test, x_test_noisy):
     """One model's own figures under ``out`` (reconstructions, its latent map and, for a VAE, a
     decoded latent grid) and its robustness curve.
 
-    Returns ``({key: file name}, [mean PSNR of its reconstructions at each of ROBUSTNESS_STDS])``.
+    Returns ``({key: file name}, (mean PSNRs, mean SSIMs))``: its reconstructions' at each of
+    ``config.noise_levels()``, on the letters of ``yardstick.robustness_letters``.
     """
     from .. import evaluation, plots
 
@@ -66,19 +84,24 @@ def model_figures(out, config, name, model, x_test, y_test, x_test_noisy):
     figures[f"latent_map_{name}"] = f"latent_map_{name}.png"
     plots.plot_latent_map(evaluation.encode_mean(model, x_test_noisy), y_test,
                           title=f"{name}: test set in latent space", path=out / figures[f"latent_map_{name}"])
-    clean, noisy_levels = _robustness_inputs(config, x_test)
-    robustness = [float(np.mean(evaluation.psnr(clean, evaluation.reconstruct(model, noisy))))
-                  for noisy in noisy_levels]
-    return figures, robustness
+    quality = []
+    for std in config.noise_levels():
+        clean, noisy = robustness_letters(x_test, std, config.seed)
+        quality.append(_quality(evaluation, clean, evaluation.reconstruct(model, noisy)))
+    return figures, ([q[0] for q in quality], [q[1] for q in quality])
 
 
 SWEEP_METRICS = (("loss", "test loss (nats)"), ("psnr_reconstructed", "PSNR reconstructed (dB)"),
                   ("ssim_reconstructed", "SSIM reconstructed"), ("log_likelihood", "log p(x) (nats)"))
+LATENT_METRICS = (("probe_accuracy", "linear-probe accuracy"), ("knn_accuracy", "k-NN accuracy"),
+                  ("active_units", "active units"))
 
 
-def sweep_figures(out, config, cells, cell_results, summary):
-    """The sweep's own figures: curves with a band across seeds, and each metric against each swept setting."""
-    from .. import plots
+def sweep_figures(out, config, cells, cell_results, summary, baselines=None):
+    """The sweep's own figures: curves with a band across seeds, each metric against each swept
+    setting (the classical denoisers beside the models against the noise), and the latent measures
+    against the latent size."""
+    from .. import sweep_plots as plots
 
     figures = {}
     firsts = {s: config.values(s)[0] for s in ("latent_dim", "noise_std", "beta")}
@@ -92,12 +115,20 @@ def sweep_figures(out, config, cells, cell_results, summary):
     first_rows = [row for row in summary if all(row[s] == v for s, v in firsts.items()) and row["n"]]
     if first_rows:
         figures["comparison_seeds"] = "comparison_seeds.png"
-        plots.plot_comparison_across_seeds(first_rows, SWEEP_METRICS, path=out / figures["comparison_seeds"])
+        first_noise = f"{firsts['noise_std']:g}"
+        plots.plot_comparison_across_seeds(first_rows, SWEEP_METRICS + LATENT_METRICS[:2],
+                                           (baselines or {}).get("levels", {}).get(first_noise),
+                                           path=out / figures["comparison_seeds"])
     for setting in ("latent_dim", "noise_std", "beta"):
         if len(config.values(setting)) < 2:
             continue
         fixed = {s: v for s, v in firsts.items() if s != setting}
         figures[f"against_{setting}"] = f"against_{setting}.png"
         plots.plot_metric_against_setting(summary, setting, SWEEP_METRICS, fixed=fixed,
+                                          baselines=baseline_curves(baselines) if setting == "noise_std" else None,
                                           path=out / figures[f"against_{setting}"])
+        if setting == "latent_dim":
+            figures["latent_measures"] = "latent_measures.png"
+            plots.plot_metric_against_setting(summary, setting, LATENT_METRICS, fixed=fixed,
+                                              path=out / figures["latent_measures"])
     return figures

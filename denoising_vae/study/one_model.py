@@ -8,6 +8,22 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from ..latent import NEIGHBOURS
+
+
+class ModelData(NamedTuple):
+    """A model's data: float32 (N, 28, 28, 1) images in [0, 1] and int letters 0-25; the test set's
+    fixed noisy copy at the model's noise level."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    x_test_noisy: np.ndarray
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,23 +50,26 @@ class ModelSpec:
     precision: str
 
 
-def train_evaluate_save(spec: ModelSpec, data, *, run_dir, model_path, progress=lambda line: None,
-                        verbose=0, epoch_lines=False):
+def train_evaluate_save(spec: ModelSpec, data: ModelData, *, run_dir, model_path, progress=lambda line: None,
+                        verbose=0, epoch_lines=False, tensorboard_dir=None):
     """Train (or resume) the model of ``spec``, test it and save it as ``model_path``.
 
     Args:
         spec: the model and its settings.
-        data: ``(x_train, x_test, x_test_noisy)``, float32 (N, 28, 28, 1) in [0, 1].
+        data: the model's :class:`ModelData`.
         run_dir: its checkpoints' folder: a second call resumes from there.
         model_path: the ``.keras`` file of the trained model.
         progress: called with one status line at a time.
         verbose: Keras' ``fit`` verbosity.
         epoch_lines: also send a line per finished epoch to ``progress``
             (where Keras' own output is not shown: in a worker).
+        tensorboard_dir: a folder for Keras' TensorBoard callback (each
+            epoch's scalars), or ``None``.
 
     Returns:
         ``(entry, model)``: the model's ``results.json`` entry (parameters,
-        precision, fast path, epochs, seconds, history, test metrics) and the model.
+        precision, fast path, epochs, seconds, history, test metrics, latent
+        measures) and the model.
 
     Raises:
         training.NonFiniteLossError: the loss diverged.
@@ -58,8 +77,8 @@ def train_evaluate_save(spec: ModelSpec, data, *, run_dir, model_path, progress=
     from .. import evaluation
     from ..models import vae
     from ..training import loop, step_timing
+    from .yardstick import model_latent_measures
 
-    x_train, x_test, x_test_noisy = data
     name = spec.architecture
     path = step_timing.choose_fast_path(name, spec.latent_dim, beta=spec.beta, batch_size=spec.batch_size,
                                         precision=spec.precision)
@@ -68,22 +87,28 @@ def train_evaluate_save(spec: ModelSpec, data, *, run_dir, model_path, progress=
     model = vae.build_model(name, spec.latent_dim, beta=spec.beta, seed=spec.seed, precision=path.precision)
     progress(f"{name}: training {spec.epochs} epochs ({vae.precision_of(model)}, "
              f"{vae.parameter_counts(model)['total']:,} parameters)")
-    fitted = loop.train_model(model, x_train, x_test, run_dir=Path(run_dir), epochs=spec.epochs,
+    callbacks = [_epoch_lines(name, spec.epochs, progress)] if epoch_lines else []
+    if tensorboard_dir is not None:
+        import keras
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(tensorboard_dir), write_graph=False))
+    fitted = loop.train_model(model, data.x_train, data.x_test, run_dir=Path(run_dir), epochs=spec.epochs,
                               batch_size=spec.batch_size, noise_std=spec.noise_std, seed=spec.seed,
                               learning_rate=spec.learning_rate, shards=path.shards, verbose=verbose,
-                              callbacks=[_epoch_lines(name, spec.epochs, progress)] if epoch_lines else ())
+                              callbacks=callbacks)
     model = fitted.model
     if fitted.resumed_from:
         progress(f"{name}: resumed after epoch {fitted.resumed_from}")
     progress(f"{name}: trained in {fitted.train_seconds:.1f} s; evaluating")
-    test = evaluation.evaluate(model, x_test_noisy, x_test, seed=spec.eval_seed)
+    test = evaluation.evaluate(model, data.x_test_noisy, data.x_test, seed=spec.eval_seed)
+    measures = model_latent_measures(model, data, spec.noise_std, spec.eval_seed)
     vae.save_model(model, model_path)
     entry = {"params": vae.parameter_counts(model), "precision": vae.precision_of(model),
              "fast_path": dataclasses.asdict(path), "epochs": fitted.epochs,
              "train_seconds": round(fitted.train_seconds, 2), "resumed_from": fitted.resumed_from,
-             "history": fitted.history, "test": test}
+             "history": fitted.history, "test": test, "latent": measures}
     progress(f"{name}: test loss {test['loss']:.2f}, PSNR {test['psnr_noisy']:.2f} -> "
-             f"{test['psnr_reconstructed']:.2f} dB")
+             f"{test['psnr_reconstructed']:.2f} dB; letters from the latent means: linear probe "
+             f"{measures['probe_accuracy']:.1%}, {NEIGHBOURS}-NN {measures['knn_accuracy']:.1%}")
     return entry, model
 
 

@@ -42,9 +42,11 @@ def prepare_out(out: Path, config: StudyConfig):
         stored = files.read_json_object(stored_path)
         if stored is None:
             raise UsageError(f"--out {out} holds an unreadable config.json; choose another --out")
-        # Asking for fewer or more models than last time is fine: results are per model.
-        # A setting missing from an older config.json had its default then.
-        differing = [key for key in current if key != "models" and stored.get(key, defaults[key]) != current[key]]
+        # Asking for fewer or more models than last time is fine: results are per model; other
+        # classical denoisers are measured again. A setting missing from an older config.json had its
+        # default then.
+        differing = [key for key in current if key not in ("models", "baselines")
+                     and stored.get(key, defaults[key]) != current[key]]
         if differing:
             key = differing[0]
             raise UsageError(f"--out {out} holds a run made with {key}={stored.get(key, defaults[key])!r}, "

@@ -19,10 +19,10 @@ from ..core import files
 from ..core.checks import RunInterrupted, UsageError, first_line
 from ..core.runtime import start_tensorflow
 from ..data import input_read, noisy_test_copy
-from . import cluster, figures, report
+from . import cluster, figures, report, yardstick
 from .config import StudyConfig
 from .messages import Progress, warn
-from .one_model import ModelSpec, train_evaluate_save
+from .one_model import ModelData, ModelSpec, train_evaluate_save
 from .resources import processes_holding_data, usable_caches
 from .run_folder import finish_run, open_run
 
@@ -40,7 +40,7 @@ def model_spec(config: StudyConfig, name, index):
                      config.epochs, config.batch_size, config.learning_rate, config.precision)
 
 
-def run_study(config: StudyConfig, out: Path, verbose=None, workers=1):
+def run_study(config: StudyConfig, out: Path, verbose=None, workers=1, tensorboard=False):
     """Run (or resume) the study into ``out``; return the results dict.
 
     ``workers`` > 1 trains that many models side by side, each in a worker
@@ -50,18 +50,19 @@ def run_study(config: StudyConfig, out: Path, verbose=None, workers=1):
 
     ``verbose`` is Keras' ``fit`` verbosity; by default a progress bar on a
     terminal and one line per epoch when stdout goes to a file.
+    ``tensorboard``: also log each model's epochs under ``out/tensorboard/<model>``.
     """
     if verbose is None:
         verbose = "auto" if sys.stdout.isatty() else 2
     with usable_caches():
-        return _run_study(config, Path(out), verbose, workers)
+        return _run_study(config, Path(out), verbose, workers, tensorboard)
 
 
-def _run_study(config, out, verbose, workers):
+def _run_study(config, out, verbose, workers, tensorboard):
     progress = Progress()
     loaded, results, data_info = open_run(config, out, processes_holding_data(workers))
     start_tensorflow()  # once the flags, folder and data are known to be good
-    (x_train, _), (x_test, y_test) = loaded
+    (x_train, y_train), (x_test, y_test) = loaded
     progress(f"data: {loaded.source.describe()}; {len(x_train)} train and {len(x_test)} test images")
     x_test_noisy = noisy_test_copy(x_test, config.noise_std, config.seed)
     results["data"] = data_info
@@ -75,9 +76,10 @@ def _run_study(config, out, verbose, workers):
     if workers > 1:
         source = loaded.source
         data_name = source.path if source.kind == "emnist" else "synthetic"
-        finishing = _train_on_workers(pending, config, out, data_name, workers, progress)
+        finishing = _train_on_workers(pending, config, out, data_name, workers, progress, tensorboard)
     else:
-        finishing = (_train_here(config, name, index, out, (x_train, x_test, x_test_noisy), progress, verbose)
+        data = ModelData(x_train, y_train, x_test, y_test, x_test_noisy)
+        finishing = (_train_here(config, name, index, out, data, progress, verbose, tensorboard)
                      for index, name in pending)
     test_data = (x_test, y_test, x_test_noisy)
     made = _collect(finishing, config, out, results, trained, test_data, workers)
@@ -89,9 +91,14 @@ def _run_study(config, out, verbose, workers):
     # Config order, whatever order the models finished in.
     results["models"] = {name: results["models"][name] for name in config.models}
     trained = {name: trained[name] for name in config.models}
+    results["baselines"] = yardstick.study_baselines(config, x_train, x_test, results.get("baselines"), progress)
+    files.write_json(out / "results.json", results)
     progress("figures")
-    results["figures"] = figures.make_figures(out, config, trained, results["models"], *test_data, made)
-    return finish_run(out, results, lambda done: report.render_report(config, done, done["figures"]), progress)
+    results["figures"] = figures.make_figures(out, config, trained, results["models"], *test_data, made,
+                                              baselines=results["baselines"])
+    robustness = files.read_json_object(out / "robustness.json")
+    return finish_run(out, results, lambda done: report.render_report(config, done, done["figures"], robustness),
+                      progress)
 
 
 def _finished_models(config, out, results, progress):
@@ -114,14 +121,15 @@ def _finished_models(config, out, results, progress):
     return trained, pending
 
 
-def _train_here(config, name, index, out, data, progress, verbose):
+def _train_here(config, name, index, out, data, progress, verbose, tensorboard):
     """One model in this process: ``(name, entry, model, still_training=0)``."""
     from ..training.loop import NonFiniteLossError
 
     try:
         entry, model = train_evaluate_save(model_spec(config, name, index), data,
                                            run_dir=out / "checkpoints" / name, model_path=out / f"{name}.keras",
-                                           progress=progress, verbose=verbose)
+                                           progress=progress, verbose=verbose,
+                                           tensorboard_dir=out / "tensorboard" / name if tensorboard else None)
     except NonFiniteLossError as error:
         error.model = name
         raise
@@ -170,14 +178,14 @@ def balanced_chains(pending, workers):
     return chains
 
 
-def train_in_worker(name, index, config_fields, out, data_name, after=None):
+def train_in_worker(name, index, config_fields, out, data_name, after=None, tensorboard=False):
     """:func:`train_evaluate_save` in a Dask worker process: reads the data itself and returns
     ``{"entry": ..., "lines": [...]}`` or ``{"diverged": message, "epoch": N, "lines": [...]}``.
 
     Each line is also sent to the client as it happens (a Dask event on
     :data:`PROGRESS_TOPIC`), so the terminal shows it then.
     ``after`` is the outcome of the model trained before this one in its
-    chain (unused: passing it makes Dask run the two in order)."""
+    chain (unused: passing it makes Dask run the two in order); ``tensorboard`` as in :func:`run_study`."""
     from distributed import get_worker
 
     start_tensorflow()
@@ -186,8 +194,8 @@ def train_in_worker(name, index, config_fields, out, data_name, after=None):
     config = StudyConfig(**config_fields)
     with warnings.catch_warnings():  # the main process has warned about the data already
         warnings.simplefilter("ignore")
-        (x_train, _), (x_test, _) = input_read(data_name, train_size=config.train_size, test_size=config.test_size,
-                                               seed=config.seed)
+        (x_train, y_train), (x_test, y_test) = input_read(data_name, train_size=config.train_size,
+                                                          test_size=config.test_size, seed=config.seed)
     x_test_noisy = noisy_test_copy(x_test, config.noise_std, config.seed)
     lines, worker = [], get_worker()
 
@@ -196,10 +204,12 @@ def train_in_worker(name, index, config_fields, out, data_name, after=None):
         lines.append(line)
 
     try:
-        entry, _ = train_evaluate_save(model_spec(config, name, index), (x_train, x_test, x_test_noisy),
+        entry, _ = train_evaluate_save(model_spec(config, name, index),
+                                       ModelData(x_train, y_train, x_test, y_test, x_test_noisy),
                                        run_dir=Path(out) / "checkpoints" / name,
                                        model_path=Path(out) / f"{name}.keras", progress=progress,
-                                       epoch_lines=True)
+                                       epoch_lines=True,
+                                       tensorboard_dir=Path(out) / "tensorboard" / name if tensorboard else None)
     except NonFiniteLossError as error:
         return {"diverged": str(error), "epoch": error.epoch, "lines": lines}
     return {"entry": entry, "lines": lines}
@@ -225,7 +235,7 @@ class _WorkerLines:
             self.shown[name] = len(lines)
 
 
-def _train_on_workers(pending, config, out, data_name, workers, progress):
+def _train_on_workers(pending, config, out, data_name, workers, progress, tensorboard):
     """Train the ``pending`` ``(index, name)`` models side by side in ``workers`` worker processes of a
     Dask LocalCluster; yield ``(name, entry, None, still_training)`` as each finishes (its model is
     saved in ``out``), ``still_training`` the models then training (one per unfinished chain).
@@ -248,7 +258,7 @@ def _train_on_workers(pending, config, out, data_name, workers, progress):
             previous = None
             for index, name in chain:
                 previous = client.submit(train_in_worker, name, index, fields, str(out), data_name, previous,
-                                         pure=False, retries=1, key=f"study-{name}-{uuid.uuid4().hex[:8]}")
+                                         tensorboard, pure=False, retries=1, key=f"study-{name}-{uuid.uuid4().hex[:8]}")
                 futures[previous] = name
                 chain_of[previous] = chain_index
         cores = cluster.cores_per_worker(workers)

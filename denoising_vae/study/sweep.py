@@ -30,8 +30,8 @@ from ..core import files
 from ..core.checks import UsageError, first_line
 from ..core.runtime import start_tensorflow
 from ..data import input_read, noisy_test_copy
-from . import cluster, figures, report
-from .one_model import ModelSpec, train_evaluate_save
+from . import cluster, figures, report, yardstick
+from .one_model import ModelData, ModelSpec, train_evaluate_save
 from .config import StudyConfig
 from .messages import Progress
 from .resources import processes_holding_data, usable_caches
@@ -39,6 +39,15 @@ from .run_folder import finish_run, open_run
 
 METRICS = ("loss", "reconstruction", "kl", "accuracy", "psnr_noisy", "psnr_reconstructed", "ssim_noisy",
            "ssim_reconstructed", "log_likelihood")
+LATENT_METRICS = ("probe_accuracy", "knn_accuracy", "active_units")  # a cell's "latent" section
+
+
+def cell_metrics(result):
+    """A finished cell's test metrics and latent measures in one dict (absent ones left out)."""
+    values = dict(result.get("test", {}))
+    values.update({key: value for key, value in result.get("latent", {}).items()
+                   if key in LATENT_METRICS and value is not None})
+    return values
 
 
 SWEPT = ("latent_dim", "noise_std", "beta")
@@ -97,6 +106,7 @@ class CellJob:
     batch_size: int
     learning_rate: float
     precision: str
+    tensorboard: bool = False  # log each epoch under out/tensorboard/<cell name>
 
 
 def cell_spec(cell: Cell, job: CellJob):
@@ -119,14 +129,16 @@ def run_cell(cell: Cell, job: CellJob):
         return finished
     start_tensorflow()  # here, not at import: a worker starts TensorFlow only when it works
     started = time.perf_counter()
-    (x_train, _), (x_test, _) = input_read(job.data, train_size=job.train_size, test_size=job.test_size,
-                                           seed=job.data_seed)
+    (x_train, y_train), (x_test, y_test) = input_read(job.data, train_size=job.train_size,
+                                                      test_size=job.test_size, seed=job.data_seed)
     # The test set's noisy copy and evaluation draws follow the study seed, as in a single study.
     x_test_noisy = noisy_test_copy(x_test, cell.noise_std, cell.study_seed)
     result = {"name": cell.name, "folder": str(folder), **cell.settings()}
     try:
-        entry, _ = train_evaluate_save(cell_spec(cell, job), (x_train, x_test, x_test_noisy), run_dir=folder,
-                                       model_path=folder / "model.keras")
+        entry, _ = train_evaluate_save(cell_spec(cell, job), ModelData(x_train, y_train, x_test, y_test, x_test_noisy),
+                                       run_dir=folder, model_path=folder / "model.keras",
+                                       tensorboard_dir=Path(job.out) / "tensorboard" / cell.name if job.tensorboard
+                                       else None)
     except FloatingPointError as error:  # training.NonFiniteLossError
         result.update(status="failed", error=first_line(error))
         files.write_json(done_file, result)
@@ -206,8 +218,8 @@ def summarise(results):
         row = {"model": model, "latent_dim": latent_dim, "noise_std": noise_std, "beta": beta, "n": len(done),
                "failed": sum(r.get("status") == "failed" for r in members),
                "interrupted": sum(r.get("status") == "interrupted" for r in members), "metrics": {}}
-        for metric in METRICS:
-            values = np.array([r["test"][metric] for r in done if metric in r["test"]], dtype=np.float64)
+        for metric in METRICS + LATENT_METRICS:
+            values = np.array([cell_metrics(r)[metric] for r in done if metric in cell_metrics(r)], dtype=np.float64)
             if len(values) == 0:
                 continue
             mean = float(values.mean())
@@ -221,34 +233,36 @@ def summarise(results):
 
 
 def write_sweep_csv(path, results):
-    """One tidy row per cell: settings, seed, status, every test metric, the precision and batch shards
-    it trained with, training seconds."""
-    columns = ["model", "latent_dim", "noise_std", "beta", "seed", "study_seed", "status", *METRICS,
+    """One tidy row per cell: settings, seed, status, every test metric and latent measure, the precision
+    and batch shards it trained with, training seconds."""
+    columns = ["model", "latent_dim", "noise_std", "beta", "seed", "study_seed", "status", *METRICS, *LATENT_METRICS,
                "precision", "shards", "train_seconds", "epochs", "folder", "error"]
     with files.replacing(path) as partial, open(partial, "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=columns)
         writer.writeheader()
         for result in results:
             row = {key: result.get(key, "") for key in columns}
-            row.update({metric: result.get("test", {}).get(metric, "") for metric in METRICS})
+            measured = cell_metrics(result)
+            row.update({metric: measured.get(metric, "") for metric in METRICS + LATENT_METRICS})
             row["shards"] = result.get("fast_path", {}).get("shards", "")
             writer.writerow(row)
 
 
-def run_sweep(config: StudyConfig, out: Path, *, workers=1, scheduler=None):
+def run_sweep(config: StudyConfig, out: Path, *, workers=1, scheduler=None, tensorboard=False):
     """Run (or resume) every cell of a sweep into ``out``; return the results dict.
 
     Cells are models x settings x seeds (:func:`expand_cells`), each trained
     in ``out/cells/<name>/`` by :func:`run_cells`: in this process, on a Dask
     LocalCluster of ``workers`` processes, or on the Dask scheduler at
     ``scheduler``. Then ``sweep.csv``, the summary with 95 % intervals, the
-    figures and ``report.md``.
+    classical denoisers once per noise level, the figures and ``report.md``.
+    ``tensorboard``: also log each cell's epochs under ``out/tensorboard/<cell name>``.
     """
     with usable_caches():
-        return _run_sweep(config, Path(out), workers, scheduler)
+        return _run_sweep(config, Path(out), workers, scheduler, tensorboard)
 
 
-def _run_sweep(config, out, workers, scheduler):
+def _run_sweep(config, out, workers, scheduler, tensorboard):
     progress = Progress()
     if scheduler is not None:
         try:
@@ -268,7 +282,7 @@ def _run_sweep(config, out, workers, scheduler):
     job = CellJob(out=str(out.resolve()), data=source.path if source.kind == "emnist" else "synthetic",
                   train_size=config.train_size, test_size=config.test_size, data_seed=config.seed,
                   epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
-                  precision=config.precision)
+                  precision=config.precision, tensorboard=tensorboard)
     try:
         cell_results = list(run_cells(cells, job, workers=workers, scheduler=scheduler, progress=progress).values())
     except OSError as error:
@@ -278,6 +292,10 @@ def _run_sweep(config, out, workers, scheduler):
     results.update(data=data_info, cells=cell_results, summary=summary, sweep={
         "models": list(config.models), **{s: config.values(s) for s in SWEPT}, "seeds": config.seeds,
         "workers": workers, "scheduler": scheduler, "interval": "95 % confidence, Student's t, n - 1 d.o.f."})
+    files.write_json(out / "results.json", results)
+    start_tensorflow()
+    (x_train, _), (x_test, _) = loaded
+    results["baselines"] = yardstick.study_baselines(config, x_train, x_test, results.get("baselines"), progress)
     files.write_json(out / "results.json", results)
     results["figures"] = _first_cells_figures(config, out, loaded[1], cells, cell_results, summary, results, progress)
     return finish_run(out, results, lambda done: report.render_sweep_report(config, done, done["figures"]), progress)
@@ -294,7 +312,8 @@ def _first_cells_figures(config, out, test, cells, cell_results, summary, result
         if cell.model not in first and result.get("status") == "done":
             first[cell.model] = (cell, result)
     results["models"] = {name: {key: result[key] for key in ("epochs", "train_seconds", "history", "test",
-                                                              "precision", "fast_path", "folder")}
+                                                              "latent", "precision", "fast_path", "folder")
+                                if key in result}
                          for name, (_, result) in first.items()}
     if not first:
         return {}
@@ -302,6 +321,7 @@ def _first_cells_figures(config, out, test, cells, cell_results, summary, result
     x_test, y_test = test
     x_test_noisy = noisy_test_copy(x_test, config.values("noise_std")[0], config.seed)
     trained = {name: load_model(Path(result["folder"]) / "model.keras") for name, (_, result) in first.items()}
-    made = figures.make_figures(out, config, trained, results["models"], x_test, y_test, x_test_noisy)
-    made.update(figures.sweep_figures(out, config, cells, cell_results, summary))
+    made = figures.make_figures(out, config, trained, results["models"], x_test, y_test, x_test_noisy,
+                                baselines=results.get("baselines"))
+    made.update(figures.sweep_figures(out, config, cells, cell_results, summary, results.get("baselines")))
     return made
