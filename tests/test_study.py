@@ -153,6 +153,22 @@ def test_quick_study_writes_every_output(quick_run):
         assert ("kl" in entry["test"]) == (name != "ae")
         assert (out / f"{name}.keras").is_file()
     assert results["models"]["arch2"]["params"]["total"] == 807_700
+    # Latent measures of every model; the classical denoisers at every level of the robustness curve.
+    for name, entry in results["models"].items():
+        assert set(entry["latent"]) == {"probe_accuracy", "knn_accuracy", "active_units", "latent_variances", "seconds"}
+        assert 0 <= entry["latent"]["probe_accuracy"] <= 1 and len(entry["latent"]["latent_variances"]) == 2
+        assert (entry["latent"]["active_units"] is None) == (name == "ae")
+    baselines = results["baselines"]
+    assert baselines["methods"] == ["gaussian", "median", "nl_means", "tv"] and baselines["test_letters"] == 520
+    assert list(baselines["levels"]) == ["0", "0.25", "0.5", "0.75", "1"]
+    for row in baselines["levels"]["0.5"]:
+        assert row["value"] in [float(v) for v in row["validation"]]
+        assert row["psnr"] > results["models"]["arch1"]["test"]["psnr_noisy"]
+    robustness = json.loads((out / "robustness.json").read_text())
+    assert robustness["noise_std"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert set(robustness["psnr"]) == set(robustness["ssim"]) == {"noisy", "arch1", "arch2", "arch3", "ae"}
+    report = (out / "report.md").read_text()
+    assert "## Classical denoisers" in report and "| letters from latent means: linear probe |" in report
     expected = {"learning_curves.png", "comparison.png"} \
         | {f"reconstructions_{n}.png" for n in results["models"]} \
         | {f"latent_map_{n}.png" for n in results["models"]} \
@@ -361,3 +377,34 @@ def test_letter_grid():
     assert figure.axes[0].images[0].get_array().shape == (84, 26 * 28)
     with pytest.raises(ValueError, match=r"Expected at least 5 images of some letter"):
         plots.plot_letter_grid(np.zeros((78, 28, 28)), labels, per_letter=5)
+
+
+def tensorboard_scalars(folder):
+    """``{tag: {step: value}}`` of every event file under ``folder``."""
+    import tensorflow as tf
+
+    scalars = {}
+    for path in sorted(folder.rglob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                number = float(tf.make_ndarray(value.tensor)) if value.HasField("tensor") else value.simple_value
+                scalars.setdefault(f"{path.parent.name}/{value.tag}", {})[event.step] = number
+    return scalars
+
+
+@pytest.mark.slow
+def test_tensorboard_logs_each_epoch_and_reads_back(tmp_path):
+    out = tmp_path / "run"
+    flags = ["--data", "synthetic", "--train-size", "260", "--test-size", "52", "--epochs", "2", "--models", "arch3",
+             "--workers", "1", "--baselines", "none", "--tensorboard", "--out", str(out)]
+    assert cli.main(flags) == 0
+    history = json.loads((out / "results.json").read_text())["models"]["arch3"]["history"]
+    scalars = tensorboard_scalars(out / "tensorboard" / "arch3")
+    assert sorted(scalars["train/epoch_loss"]) == [0, 1] and sorted(scalars["validation/epoch_loss"]) == [0, 1]
+    assert [scalars["train/epoch_loss"][step] for step in (0, 1)] == pytest.approx(history["loss"], rel=1e-6)
+    assert [scalars["validation/epoch_loss"][step] for step in (0, 1)] == pytest.approx(history["val_loss"], rel=1e-6)
+    assert "baselines" not in json.loads((out / "results.json").read_text()) or \
+        json.loads((out / "results.json").read_text())["baselines"] is None
+    # Off by default.
+    assert cli.main([flag for flag in flags if flag != "--tensorboard"][:-1] + [str(tmp_path / "plain")]) == 0
+    assert not (tmp_path / "plain" / "tensorboard").exists()

@@ -78,6 +78,10 @@ def test_sweep_csv_is_one_tidy_row_per_cell(tmp_path):
     (["--workers", "two"], "argument --workers: expected auto or an integer >= 1, got 'two'"),
     (["--workers", "999"], "argument --workers: expected at most"),
     (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "the workers of --scheduler are the cluster's"),
+    (["--baselines", "median,bm4d"], "argument --baselines: expected all, none or a comma-separated subset of "
+                                     "gaussian,median,nl_means,tv,bm3d (each once), got 'median,bm4d'"),
+    (["--baselines", "tv,tv"], "argument --baselines: expected all, none or a comma-separated subset"),
+    (["--baselines", ""], "argument --baselines: expected all, none or a comma-separated subset"),
 ])
 def test_bad_sweep_flags_are_one_line_errors(flags, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -113,8 +117,8 @@ def test_out_made_with_other_sweep_settings_is_refused(tmp_path, capsys):
 @pytest.mark.slow
 def test_two_worker_local_cluster_sweep_writes_every_cell_csv_summary_and_figures(tmp_path):
     out = tmp_path / "sweep"
-    assert cli.main(TINY + ["--latent-dim", "2,4", "--seeds", "2", "--workers", "2",
-                                     "--out", str(out)]) == 0
+    assert cli.main(TINY + ["--latent-dim", "2,4", "--seeds", "2", "--workers", "2", "--baselines", "median,tv",
+                            "--noise-std", "0.5", "--tensorboard", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     names = sorted(cell["name"] for cell in results["cells"])
     assert names == [f"ae-latent{d}-noise0.5-beta1-seed{s}" for d in (2, 4) for s in (0, 1)]
@@ -122,13 +126,23 @@ def test_two_worker_local_cluster_sweep_writes_every_cell_csv_summary_and_figure
     assert len({cell["pid"] for cell in results["cells"]}) == 2  # both worker processes trained cells
     assert [(row["latent_dim"], row["n"]) for row in results["summary"]] == [(2, 2), (4, 2)]
     assert set(results["summary"][0]["metrics"]["loss"]) == {"mean", "std", "ci95", "n"}
+    # The latent measures of every cell, in the summary and in sweep.csv.
+    assert {"probe_accuracy", "knn_accuracy"} <= set(results["summary"][1]["metrics"])
+    assert "active_units" not in results["summary"][1]["metrics"]  # not defined for the autoencoder
     with open(out / "sweep.csv", newline="") as file:
-        assert len(list(csv.DictReader(file))) == 4
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 4 and all(0 <= float(row["probe_accuracy"]) <= 1 and row["active_units"] == "" for row in rows)
+    # The classical denoisers once per noise level, not once per cell.
+    assert set(results["baselines"]["levels"]) == {"0", "0.25", "0.5", "0.75", "1"}
+    assert [row["method"] for row in results["baselines"]["levels"]["0.5"]] == ["median", "tv"]
+    # Each cell's TensorBoard scalars under the run folder.
+    assert sorted(p.name for p in (out / "tensorboard").iterdir()) == names
     for figure in ("learning_curves_seeds.png", "against_latent_dim.png", "comparison.png", "comparison_seeds.png",
-                   "reconstructions_ae.png"):
+                   "reconstructions_ae.png", "latent_measures.png"):
         assert (out / figure).stat().st_size > 0
     report = (out / "report.md").read_text()
     assert "| ae | 2 | 0.5 | 1 |" in report and "(2) |" in report and "against_latent_dim.png" in report
+    assert "## Classical denoisers, once per noise level" in report and "| median | size = " in report
     # Run again: every cell is found finished, nothing is trained.
     before = {p: p.stat().st_mtime for p in out.glob("cells/*/model.keras")}
     assert cli.main(TINY + ["--latent-dim", "2,4", "--seeds", "2", "--out", str(out)]) == 0

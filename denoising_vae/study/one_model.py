@@ -7,6 +7,7 @@ everything that shapes its result.
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -100,7 +101,9 @@ def train_evaluate_save(spec: ModelSpec, data: ModelData, *, run_dir, model_path
         progress(f"{name}: resumed after epoch {fitted.resumed_from}")
     progress(f"{name}: trained in {fitted.train_seconds:.1f} s; evaluating")
     test = evaluation.evaluate(model, data.x_test_noisy, data.x_test, seed=spec.eval_seed)
+    started = time.perf_counter()
     measures = model_latent_measures(model, data, spec.noise_std, spec.eval_seed)
+    measures["seconds"] = round(time.perf_counter() - started, 2)
     vae.save_model(model, model_path)
     entry = {"params": vae.parameter_counts(model), "precision": vae.precision_of(model),
              "fast_path": dataclasses.asdict(path), "epochs": fitted.epochs,
