@@ -77,7 +77,7 @@ def check_stop(run, sig, not_yet):
 
 # (phase, flags, how to know the run is in it, a line printed only once it is over)
 ONE_PROCESS = [
-    ("data loading", ["--train-size", "13000"], lambda run: (run.out / "config.json").is_file, "data: "),
+    ("data loading", ["--train-size", "13000"], lambda run: lambda: (run.out / "config.json").is_file(), "data: "),
     ("fast-path decision", [], lambda run: printed(run, "data: "), "fast path"),
     ("training", [], lambda run: printed(run, "training 3 epochs"), "trained in"),
     ("evaluation", [], lambda run: printed(run, "; evaluating"), "test loss"),
