@@ -94,7 +94,7 @@ def _same_width(z_train, z_test):
                          f"Received: {z_train.shape[1]} and {z_test.shape[1]}")
 
 
-def latent_measures(z_train, y_train, z_test, y_test, *, variational=True, seed=0):
+def latent_measures(z_train, y_train, z_test, y_test, *, variational=True, seed=0, neighbours=NEIGHBOURS):
     """Linear-probe and k-NN accuracy of the 26 letters, and the active units, of one model's codes.
 
     Args:
@@ -103,13 +103,17 @@ def latent_measures(z_train, y_train, z_test, y_test, *, variational=True, seed=
         variational: ``False`` for the plain autoencoder, whose codes have no
             prior fixing their scale: its active units are ``None``.
         seed: seeds the probes' training subset.
+        neighbours: k of the k-NN vote, at most the number of training codes.
 
     Returns:
         ``{"probe_accuracy", "knn_accuracy", "active_units", "latent_variances"}``;
-        the variances are over the test codes, per dimension.
+        the variances are over the test codes, per dimension. With training
+        codes of fewer than two letters there is nothing to learn: both
+        accuracies are ``None``.
     """
     count, variances = active_units(z_test)
-    return {"probe_accuracy": linear_probe_accuracy(z_train, y_train, z_test, y_test, seed),
-            "knn_accuracy": knn_accuracy(z_train, y_train, z_test, y_test, seed=seed),
+    learnable = len(np.unique(np.asarray(y_train))) >= 2
+    return {"probe_accuracy": linear_probe_accuracy(z_train, y_train, z_test, y_test, seed) if learnable else None,
+            "knn_accuracy": knn_accuracy(z_train, y_train, z_test, y_test, neighbours, seed) if learnable else None,
             "active_units": count if variational else None,
             "latent_variances": [round(float(v), 6) for v in variances]}

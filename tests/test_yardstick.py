@@ -194,3 +194,10 @@ def test_denoisers_and_models_are_measured_on_the_same_noisy_test_letters():
     clean_v, noisy_v = yardstick.validation_letters(x_test, 0.5, seed=3)
     assert len(clean_v) == yardstick.VALIDATION_LETTERS == 130
     assert np.array_equal(yardstick.validation_letters(x_test, 0.5, seed=3)[1], noisy_v)  # seeded
+
+
+def test_codes_of_one_letter_have_nothing_to_learn():
+    z = np.random.default_rng(5).normal(size=(30, 2))
+    measures = latent.latent_measures(z[:20], np.zeros(20, int), z[20:], np.arange(10), neighbours=3)
+    assert measures["probe_accuracy"] is None and measures["knn_accuracy"] is None
+    assert measures["active_units"] == 2

@@ -109,9 +109,11 @@ def train_evaluate_save(spec: ModelSpec, data: ModelData, *, run_dir, model_path
              "fast_path": dataclasses.asdict(path), "epochs": fitted.epochs,
              "train_seconds": round(fitted.train_seconds, 2), "resumed_from": fitted.resumed_from,
              "history": fitted.history, "test": test, "latent": measures}
+    read = "" if measures["probe_accuracy"] is None else (
+        f"; letters from the latent means: linear probe {measures['probe_accuracy']:.1%}, "
+        f"{NEIGHBOURS}-NN {measures['knn_accuracy']:.1%}")
     progress(f"{name}: test loss {test['loss']:.2f}, PSNR {test['psnr_noisy']:.2f} -> "
-             f"{test['psnr_reconstructed']:.2f} dB; letters from the latent means: linear probe "
-             f"{measures['probe_accuracy']:.1%}, {NEIGHBOURS}-NN {measures['knn_accuracy']:.1%}")
+             f"{test['psnr_reconstructed']:.2f} dB{read}")
     return entry, model
 
 

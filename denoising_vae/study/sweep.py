@@ -22,6 +22,7 @@ import math
 import os
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -129,8 +130,10 @@ def run_cell(cell: Cell, job: CellJob):
         return finished
     start_tensorflow()  # here, not at import: a worker starts TensorFlow only when it works
     started = time.perf_counter()
-    (x_train, y_train), (x_test, y_test) = input_read(job.data, train_size=job.train_size,
-                                                      test_size=job.test_size, seed=job.data_seed)
+    with warnings.catch_warnings():  # the client has warned about the data already
+        warnings.simplefilter("ignore")
+        (x_train, y_train), (x_test, y_test) = input_read(job.data, train_size=job.train_size,
+                                                          test_size=job.test_size, seed=job.data_seed)
     # The test set's noisy copy and evaluation draws follow the study seed, as in a single study.
     x_test_noisy = noisy_test_copy(x_test, cell.noise_std, cell.study_seed)
     result = {"name": cell.name, "folder": str(folder), **cell.settings()}

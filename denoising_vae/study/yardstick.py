@@ -75,10 +75,13 @@ def model_latent_measures(model, data, noise_std, seed):
     from .. import evaluation, latent
 
     count = min(len(data.x_train), latent.PROBE_LETTERS)
+    if count < 2 or len(data.x_test) < 2:  # nothing to fit or to spread: too few letters
+        return {"probe_accuracy": None, "knn_accuracy": None, "active_units": None, "latent_variances": []}
     chosen = np.sort(np.random.default_rng(seed + PROBE_NOISE_OFFSET).choice(len(data.x_train), count,
                                                                               replace=False))
     train_codes = evaluation.encode_mean(model, noise_addition(data.x_train[chosen], noise_std,
                                                                seed=seed + PROBE_NOISE_OFFSET))
     test_codes = evaluation.encode_mean(model, data.x_test_noisy)
     return latent.latent_measures(train_codes, data.y_train[chosen], test_codes, data.y_test,
-                                  variational=model.variational, seed=seed)
+                                  variational=model.variational, seed=seed,
+                                  neighbours=min(latent.NEIGHBOURS, count))
