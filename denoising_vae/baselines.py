@@ -48,7 +48,7 @@ METHODS = {
                        "non-local means (skimage.restoration.denoise_nl_means, 5 x 5 patches within 4 pixels)"),
     "tv": Method("weight", _relative(0.2, 0.35, 0.5, 0.75),
                  "total-variation denoising (skimage.restoration.denoise_tv_chambolle)"),
-    "bm3d": Method("sigma_psd", _relative(0.5, 0.75, 1.0), "BM3D (bm3d.bm3d, Makinen et al. 2020)"),
+    "bm3d": Method("sigma_psd", _relative(0.35, 0.5, 0.75, 1.0), "BM3D (bm3d.bm3d, Makinen et al. 2020)"),
 }
 DEFAULT_METHODS = DEFAULT_BASELINES
 assert tuple(METHODS) == BASELINES

@@ -115,15 +115,20 @@ def plot_comparison_across_seeds(summary, metrics, baselines=None, path=None):
         metrics: ``[(key, label), ...]``, one axis each.
         baselines: rows of ``baselines.compare_baselines`` at the setting's
             noise level, or ``None``: the best one's PSNR and SSIM are drawn
-            as lines on those axes.
+            as lines on those axes, or named in a note on the axis when a line
+            there would squeeze the models' intervals flat.
 
     Returns:
-        Figure with one axis per metric, a dot with error bars per model.
+        Figure with one axis per metric (three per row), a dot with error bars per model.
     """
     if not summary:
         raise ValueError("Expected summary rows of at least one model. Received: none")
-    figure = Figure(figsize=(4.2 * len(metrics), 3.6), layout="constrained")
-    axes = figure.subplots(1, len(metrics), squeeze=False)[0]
+    columns = min(3, len(metrics))
+    rows = -(-len(metrics) // columns)
+    figure = Figure(figsize=(4.6 * columns, 3.4 * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for axis in axes[len(metrics):]:
+        axis.set_visible(False)
     names = [row["model"] for row in summary]
     for axis, (key, label) in zip(axes, metrics):
         means, lows, highs = [], [], []
@@ -139,9 +144,17 @@ def plot_comparison_across_seeds(summary, metrics, baselines=None, path=None):
         if baselines and key in ("psnr_reconstructed", "ssim_reconstructed"):
             metric = key.split("_")[0]
             best = max(baselines, key=lambda row: row[metric])
-            axis.axhline(best[metric], color="grey", linestyle="--", linewidth=1,
-                         label=f"best classical: {best['method']} ({best['parameter']} {best['value']:g})")
-            axis.legend(fontsize=7)
+            text = f"best classical: {best['method']} ({best['parameter']} {best['value']:g}): {best[metric]:.3g}"
+            low = np.nanmin(np.subtract(means, lows))
+            high = np.nanmax(np.add(means, highs))
+            span = max(high - low, 1e-9)
+            if low - 3 * span <= best[metric] <= high + 3 * span:
+                axis.axhline(best[metric], color="grey", linestyle="--", linewidth=1, label=text)
+                axis.legend(fontsize=7)
+            else:  # far off: a line would flatten the models' intervals
+                axis.text(0.5, 0.97 if best[metric] > high else 0.03, ("above: " if best[metric] > high else
+                          "below: ") + text, transform=axis.transAxes, ha="center",
+                          va="top" if best[metric] > high else "bottom", fontsize=7, color="dimgrey")
         axis.set_xticks(range(len(names)), names)
         axis.set_xlim(-0.6, len(names) - 0.4)
         axis.set_title(f"{label} (n = {summary[0]['n']})", fontsize=10)

@@ -257,3 +257,27 @@ def test_a_cell_on_few_real_letters_trains_measures_and_does_not_repeat_the_clie
     # The client warned once that the archive is not NIST's; the cell, in a worker, says nothing.
     assert not [w for w in caught if "byte for byte" in str(w.message)]
     assert set(result["latent"]) >= {"probe_accuracy", "knn_accuracy", "active_units"}
+
+
+def test_comparison_across_seeds_shows_intervals_and_the_best_classical_denoiser():
+    from denoising_vae import sweep_plots
+
+    def row(model, psnr):
+        stats = {"mean": psnr, "std": 0.01, "ci95": [psnr - 0.02, psnr + 0.02], "n": 3}
+        return {"model": model, "latent_dim": 2, "noise_std": 0.5, "beta": 1.0, "n": 3,
+                "metrics": {"psnr_reconstructed": stats, "ssim_reconstructed": {**stats, "mean": 0.25,
+                                                                                "ci95": [0.24, 0.26]}}}
+
+    summary = [row("arch1", 12.05), row("arch2", 12.24)]
+    classical = [{"method": "median", "parameter": "size", "value": 5, "psnr": 14.17, "ssim": 0.494},
+                 {"method": "tv", "parameter": "weight", "value": 0.175, "psnr": 12.2, "ssim": 0.26}]
+    metrics = (("psnr_reconstructed", "PSNR"), ("ssim_reconstructed", "SSIM"))
+    figure = sweep_plots.plot_comparison_across_seeds(summary, metrics, classical)
+    psnr_axis, ssim_axis = figure.axes[:2]
+    # The intervals as error bars, the axis fitted to them: the median's 14.17 dB is named, not drawn.
+    assert psnr_axis.get_ylim()[1] < 12.5
+    assert [t.get_text() for t in psnr_axis.texts] == ["above: best classical: median (size 5): 14.2"]
+    # The best SSIM (0.494) is also far off; a near one would be a dashed line with its label.
+    assert ssim_axis.texts[0].get_text().startswith("above: best classical: median")
+    near = sweep_plots.plot_comparison_across_seeds(summary, metrics, [classical[1]])
+    assert near.axes[0].get_legend().get_texts()[0].get_text() == "best classical: tv (weight 0.175): 12.2"
