@@ -1,12 +1,16 @@
-"""Ctrl-C and SIGTERM in every phase of a run: one line on stderr, status 130 or 143, no process left.
+"""Ctrl-C and SIGTERM in every phase of a run: one line on stderr, status 130 or 143, no process left,
+and the same command resuming.
 
-Each test starts a real run in its own process group (as a terminal or a job
-manager sees it), waits until the run is in the phase (a file it writes or a
-line it prints), sends the signal to the whole group, and checks what the
-user sees. The runs stopped while loading the data or deciding the fast
-path get a fresh cache (their own ``HOME`` and ``XDG_CACHE_HOME``), so that
-work is really done; the others use the user's caches, as a second run does.
+A chain of real runs of one command, each in its own process group (as a
+terminal or a job manager sees it): the first is stopped once it is in the
+first phase (a file it writes or a line it prints tells), the same command is
+started again and stopped in the next phase, and so on; the last run
+finishes. The signal goes to the whole group, workers included. The chain
+has a fresh cache (its own ``HOME`` and ``XDG_CACHE_HOME``), so loading the
+data and deciding the fast path are really done. One test per phase checks
+what the user saw there; one per chain checks that it finished whole.
 """
+import json
 import os
 import signal
 import subprocess
@@ -18,29 +22,29 @@ import pytest
 from conftest import REPO, benchmark_module
 
 KILL_ANYWHERE = benchmark_module("kill_anywhere")
-BASE = ["--data", "synthetic", "--train-size", "520", "--test-size", "104", "--epochs", "2", "--precision", "auto"]
+BASE = ["--data", "synthetic", "--train-size", "2600", "--test-size", "104", "--epochs", "2", "--precision", "auto"]
 WORDS = {signal.SIGINT: ("interrupted", 130), signal.SIGTERM: ("terminated", 143)}
 
 
 class Run:
-    """A run of ``assignment_5.py`` in its own process group, its output going to files."""
+    """A run of ``assignment_5.py`` into ``out`` in its own process group, its output going to files."""
 
-    def __init__(self, tmp_path, flags, fresh_cache=False):
-        self.out = tmp_path / "run"
-        self.stdout_path, self.stderr_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if fresh_cache:
-            home = tmp_path / "home"
-            home.mkdir()
-            env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"))
+    def __init__(self, folder, out, flags, home):
+        folder.mkdir(parents=True)
+        self.out = out
+        self.stdout_path, self.stderr_path = folder / "stdout.txt", folder / "stderr.txt"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")}
         env.pop("EMNIST_PATH", None)
         with open(self.stdout_path, "w") as stdout, open(self.stderr_path, "w") as stderr:
             self.process = subprocess.Popen([sys.executable, str(REPO / "assignment_5.py"), *flags,
-                                             "--out", str(self.out)], cwd=REPO, stdout=stdout, stderr=stderr,
+                                             "--out", str(out)], cwd=REPO, stdout=stdout, stderr=stderr,
                                             text=True, env=env, start_new_session=True)
 
     def stdout(self):
         return self.stdout_path.read_text()
+
+    def stderr_lines(self):
+        return [line for line in self.stderr_path.read_text().splitlines() if line.strip()]
 
     def wait_for(self, condition, timeout=240):
         deadline = time.time() + timeout
@@ -49,82 +53,149 @@ class Run:
                 return
             if self.process.poll() is not None:
                 raise AssertionError(f"the run ended ({self.process.returncode}) before its phase: "
-                                     f"{self.stdout()[-500:]} {self.stderr_path.read_text()[-500:]}")
+                                     f"{self.stdout()[-300:]} {self.stderr_path.read_text()[-300:]}")
             time.sleep(0.02)
         raise AssertionError("the run never reached its phase")
 
     def stop(self, sig):
-        """Send ``sig`` to the group; wait until every process of it ended; return (status, stderr lines)."""
+        """Send ``sig`` to the group and wait until every process of it ended (an AssertionError if
+        some outlived it); return the run's exit status."""
         try:
             KILL_ANYWHERE.stop_group(self.process, sig)
         finally:
             if KILL_ANYWHERE.group_alive(self.process.pid):
                 os.killpg(self.process.pid, signal.SIGKILL)
-        lines = [line for line in self.stderr_path.read_text().splitlines() if line.strip()]
-        return self.process.returncode, lines
+        return self.process.returncode
 
 
-def printed(run, text):
-    return lambda: text in run.stdout()
+def printed(text):
+    return lambda run: lambda: text in run.stdout()
 
 
-def check_stop(run, sig, not_yet):
-    """Stop ``run`` with ``sig`` and check the user's view: exactly the one line, its status, and that
-    the run had not yet passed the phase (``not_yet`` is a line printed only after it)."""
-    status, lines = run.stop(sig)
-    word, code = WORDS[sig]
-    assert lines == [f"assignment_5.py: {word}; run the same command again to resume from {run.out}"], lines
-    assert status == code
-    assert not_yet not in run.stdout(), f"the signal came after the phase: {run.stdout()[-300:]}"
+def started(run):
+    return lambda: (run.out / "config.json").is_file()  # written just before the data are read
 
 
-# (phase, flags, how to know the run is in it, a line printed only once it is over, the signal)
+def chain(folder, flags, stops):
+    """Run ``flags`` again and again into one folder, the k-th run stopped in the k-th of ``stops``
+    ``(phase, reached, later line, signal)``, then once to the end.
+
+    Returns ``{phase: {"status", "lines", "late", "error"}, "finished": {...}, "out": out}``:
+    ``late`` says the run had passed the phase when the signal came (its later line was printed).
+    """
+    out, home = folder / "run", folder / "home"
+    home.mkdir(parents=True)
+    seen = {"out": out}
+    for index, (phase, reached, later, sig) in enumerate(stops):
+        run = Run(folder / f"{index}-{phase}", out, flags, home)
+        try:
+            run.wait_for(reached(run))
+            status = run.stop(sig)
+            seen[phase] = {"status": status, "lines": run.stderr_lines(), "late": later in run.stdout(),
+                           "signal": sig, "error": None}
+        except AssertionError as error:
+            seen[phase] = {"error": str(error)}
+            if KILL_ANYWHERE.group_alive(run.process.pid):
+                os.killpg(run.process.pid, signal.SIGKILL)
+            run.process.wait()
+    final = Run(folder / "finish", out, flags, home)
+    final.process.wait(timeout=600)
+    seen["finished"] = {"status": final.process.returncode, "lines": final.stderr_lines(), "stdout": final.stdout()}
+    return seen
+
+
+def check_phase(seen, phase):
+    record = seen[phase]
+    assert record["error"] is None, record["error"]
+    word, code = WORDS[record["signal"]]
+    assert record["lines"] == [f"assignment_5.py: {word}; run the same command again to resume from {seen['out']}"]
+    assert record["status"] == code
+    assert not record["late"], "the signal came after the phase"
+
+
+def check_finished(seen, histories):
+    finished = seen["finished"]
+    assert finished["status"] == 0 and finished["lines"] == [], finished
+    results = json.loads((seen["out"] / "results.json").read_text())
+    assert (seen["out"] / "report.md").is_file() and (seen["out"] / "comparison.png").stat().st_size > 0
+    for history in histories(seen["out"]):
+        rows = history.read_text().splitlines()[1:]
+        assert [int(row.split(",")[0]) for row in rows] == [1, 2], history  # each epoch once
+    return results
+
+
+# (phase, how to know the run is in it, a line printed only once the phase is over, the signal)
 ONE_PROCESS = [
-    ("data loading", ["--train-size", "13000"], lambda run: lambda: (run.out / "config.json").is_file(), "data: ",
-     signal.SIGINT),
-    ("fast-path decision", [], lambda run: printed(run, "data: "), "fast path", signal.SIGTERM),
-    ("training", [], lambda run: printed(run, "training 2 epochs"), "trained in", signal.SIGINT),
-    ("evaluation", [], lambda run: printed(run, "; evaluating"), "test loss", signal.SIGTERM),
-    ("classical denoisers", ["--baselines", "all"], lambda run: printed(run, "classical denoisers ("), "] figures",
-     signal.SIGINT),
-    ("figures", [], lambda run: printed(run, "] figures"), "done: ", signal.SIGTERM),
+    ("data loading", started, "data: ", signal.SIGINT),
+    ("fast-path decision", printed("data: "), "fast path", signal.SIGTERM),
+    ("training", printed("training 2 epochs"), "trained in", signal.SIGINT),
+    ("evaluation", printed("; evaluating"), "test loss", signal.SIGTERM),
+    ("classical denoisers", printed("classical denoisers ("), "] figures", signal.SIGINT),
+    ("figures", printed("] figures"), "done: ", signal.SIGTERM),
 ]
 
 
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    return chain(tmp_path_factory.mktemp("one-process"), BASE + ["--models", "arch3", "--workers", "1"],
+                 ONE_PROCESS)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("phase, flags, reached, not_yet, sig", ONE_PROCESS, ids=[case[0] for case in ONE_PROCESS])
-def test_a_stop_in_each_phase_of_a_one_process_study_is_one_line(tmp_path, phase, flags, reached, not_yet, sig):
-    fresh = phase in ("data loading", "fast-path decision")
-    run = Run(tmp_path, BASE + ["--models", "arch3", "--workers", "1"] + flags, fresh_cache=fresh)
-    run.wait_for(reached(run))
-    check_stop(run, sig, not_yet)
+@pytest.mark.parametrize("phase", [case[0] for case in ONE_PROCESS])
+def test_a_stop_in_each_phase_of_a_one_process_study_is_one_line(one_process, phase):
+    check_phase(one_process, phase)
+
+
+@pytest.mark.slow
+def test_a_one_process_study_stopped_in_every_phase_finishes_whole(one_process):
+    results = check_finished(one_process, lambda out: [out / "checkpoints" / "arch3" / "history.csv"])
+    assert list(results["models"]) == ["arch3"] and results["baselines"]["levels"]
 
 
 WORKERS = [
-    ("training in workers", lambda run: printed(run, "training 2 epochs"), "trained in", signal.SIGINT),
-    ("evaluation in a worker", lambda run: printed(run, "; evaluating"), "test loss", signal.SIGTERM),
-    ("figures after workers", lambda run: printed(run, "] figures"), "done: ", signal.SIGINT),
+    ("training in workers", printed("training 2 epochs"), "trained in", signal.SIGINT),
+    ("evaluation in a worker", printed("; evaluating"), "test loss", signal.SIGTERM),
+    ("figures after workers", printed("] figures"), "done: ", signal.SIGINT),
 ]
 
 
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    return chain(tmp_path_factory.mktemp("two-workers"), BASE + ["--models", "arch3,ae", "--workers", "2"], WORKERS)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("phase, reached, not_yet, sig", WORKERS, ids=[phase for phase, *_ in WORKERS])
-def test_a_stop_in_each_phase_of_a_two_worker_study_is_one_line_and_leaves_no_worker(
-        tmp_path, phase, reached, not_yet, sig):
-    run = Run(tmp_path, BASE + ["--models", "arch3,ae", "--workers", "2"])
-    run.wait_for(reached(run))
-    check_stop(run, sig, not_yet)  # stop_group fails if a worker outlives the run
+@pytest.mark.parametrize("phase", [case[0] for case in WORKERS])
+def test_a_stop_in_each_phase_of_a_two_worker_study_is_one_line_and_leaves_no_worker(two_workers, phase):
+    check_phase(two_workers, phase)  # the chain fails a phase whose workers outlive the run
+
+
+@pytest.mark.slow
+def test_a_two_worker_study_stopped_in_every_phase_finishes_whole(two_workers):
+    results = check_finished(two_workers, lambda out: sorted(out.glob("checkpoints/*/history.csv")))
+    assert list(results["models"]) == ["arch3", "ae"]
 
 
 SWEEP = [
-    ("cells on workers", lambda run: printed(run, "cells (1 models"), "cell 1/", signal.SIGTERM),
-    ("sweep's classical denoisers", lambda run: printed(run, "classical denoisers ("), "] figures", signal.SIGINT),
+    ("cells on workers", printed("cells (1 models"), "cell 1/", signal.SIGTERM),
+    ("the sweep's classical denoisers", printed("classical denoisers ("), "] figures", signal.SIGINT),
 ]
 
 
+@pytest.fixture(scope="module")
+def sweep_chain(tmp_path_factory):
+    return chain(tmp_path_factory.mktemp("sweep"), BASE + ["--models", "ae", "--seeds", "2", "--workers", "2"], SWEEP)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("phase, reached, not_yet, sig", SWEEP, ids=[phase for phase, *_ in SWEEP])
-def test_a_stop_in_each_phase_of_a_sweep_is_one_line_and_leaves_no_worker(tmp_path, phase, reached, not_yet, sig):
-    run = Run(tmp_path, BASE + ["--models", "ae", "--seeds", "2", "--workers", "2", "--baselines", "all"])
-    run.wait_for(reached(run))
-    check_stop(run, sig, not_yet)
+@pytest.mark.parametrize("phase", [case[0] for case in SWEEP])
+def test_a_stop_in_each_phase_of_a_sweep_is_one_line_and_leaves_no_worker(sweep_chain, phase):
+    check_phase(sweep_chain, phase)
+
+
+@pytest.mark.slow
+def test_a_sweep_stopped_in_every_phase_finishes_whole(sweep_chain):
+    results = check_finished(sweep_chain, lambda out: sorted(out.glob("cells/*/history.csv")))
+    assert sorted(cell["name"] for cell in results["cells"]) == [f"ae-latent2-noise0.5-beta1-seed{s}" for s in (0, 1)]
+    assert len((sweep_chain["out"] / "sweep.csv").read_text().splitlines()) == 3
