@@ -42,6 +42,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = ["--data", "synthetic", "--train-size", "520", "--test-size", "104", "--epochs", "3", "--models", "arch3,ae",
          "--latent-dim", "2,3", "--seeds", "3", "--precision", "float32", "--workers", "2"]
+# The tests' short version: one model x two seeds, 2 epochs on 260 letters, one classical denoiser.
+TINY_SWEEP = ["--data", "synthetic", "--train-size", "260", "--test-size", "52", "--epochs", "2", "--models", "ae",
+              "--seeds", "2", "--precision", "float32", "--workers", "2", "--baselines", "median"]
 STUDY = ["--data", "synthetic", "--train-size", "520", "--test-size", "104", "--epochs", "3", "--precision", "float32",
          "--workers", "2"]
 ACTIONS = ("sigkill", "sigint", "sigterm", "worker")
@@ -203,6 +206,7 @@ def main(argv=None):
     parser.add_argument("--kills", type=int, default=100, help="random stops in all")
     parser.add_argument("--seed", type=int, default=0, help="seeds the moments and kinds of the stops")
     parser.add_argument("--study", action="store_true", help="a study of four models instead of a sweep")
+    parser.add_argument("--tiny", action="store_true", help="the tests' tiny sweep (one model, two seeds)")
     parser.add_argument("--out", default="runs/kill-anywhere", help="folder for the runs (emptied first)")
     parser.add_argument("--json", default=None, help="also write the JSON object to this file")
     parser.add_argument("--hours", type=float, default=3.0, help="give up after this long")
@@ -211,7 +215,7 @@ def main(argv=None):
 
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
-    flags = STUDY if args.study else SWEEP
+    flags = STUDY if args.study else TINY_SWEEP if args.tiny else SWEEP
     started = time.time()
     reference_run = launch(flags, out / "reference")
     _, stderr = reference_run.communicate(timeout=900)

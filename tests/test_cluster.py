@@ -8,7 +8,7 @@ import pytest
 from conftest import REPO
 
 TINY = ["--data", "synthetic", "--train-size", "260", "--test-size", "52", "--epochs", "1", "--models", "arch3",
-        "--seeds", "2", "--precision", "float32"]
+        "--seeds", "2", "--precision", "float32", "--baselines", "none"]
 
 pytestmark = pytest.mark.slow
 

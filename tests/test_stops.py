@@ -26,6 +26,12 @@ BASE = ["--data", "synthetic", "--train-size", "2600", "--test-size", "104", "--
 WORDS = {signal.SIGINT: ("interrupted", 130), signal.SIGTERM: ("terminated", 143)}
 
 
+def _take_ctrl_c():
+    """In the child: take SIGINT as a terminal's run does, even when this suite inherited it ignored
+    (started in the background of a non-interactive shell), which Python would keep."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Run:
     """A run of ``assignment_5.py`` into ``out`` in its own process group, its output going to files."""
 
@@ -38,7 +44,8 @@ class Run:
         with open(self.stdout_path, "w") as stdout, open(self.stderr_path, "w") as stderr:
             self.process = subprocess.Popen([sys.executable, str(REPO / "assignment_5.py"), *flags,
                                              "--out", str(out)], cwd=REPO, stdout=stdout, stderr=stderr,
-                                            text=True, env=env, start_new_session=True)
+                                            text=True, env=env, start_new_session=True,
+                                            preexec_fn=_take_ctrl_c)
 
     def stdout(self):
         return self.stdout_path.read_text()
@@ -116,6 +123,8 @@ def check_phase(seen, phase):
 def check_finished(seen, histories):
     finished = seen["finished"]
     assert finished["status"] == 0 and finished["lines"] == [], finished
+    # The package's lines only: a redirected stdout has no progress-bar controls.
+    assert "\r" not in finished["stdout"] and "\x1b" not in finished["stdout"]
     results = json.loads((seen["out"] / "results.json").read_text())
     assert (seen["out"] / "report.md").is_file() and (seen["out"] / "comparison.png").stat().st_size > 0
     for history in histories(seen["out"]):

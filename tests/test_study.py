@@ -18,7 +18,7 @@ from denoising_vae.study import study as single_study
 from denoising_vae.training import loop
 from conftest import REPO
 
-SMALL = ["--data", "synthetic", "--train-size", "260", "--test-size", "52", "--epochs", "1"]
+SMALL = ["--data", "synthetic", "--train-size", "260", "--test-size", "52", "--epochs", "1", "--baselines", "none"]
 
 
 # ---------------------------------------------------------------- plots
@@ -228,7 +228,8 @@ def test_resume_continues_an_interrupted_model(tmp_path, capsys):
 
     out = tmp_path / "run"
     (x, _), (xt, _) = sources.input_read("synthetic", train_size=260, test_size=52, seed=0)
-    args = ["--data", "synthetic", "--train-size", "260", "--test-size", "52", "--epochs", "3", "--models", "ae"]
+    args = ["--data", "synthetic", "--train-size", "260", "--test-size", "52", "--epochs", "3", "--models", "ae",
+            "--baselines", "none"]
     # The first launch was killed after epoch 2 of 3: its checkpoint and config are on disk.
     run_folder.prepare_out(out, cli.config_from_args(*cli.parse_args(args + ["--out", str(out)])))
     loop.train_model(vae.build_model("ae", seed=0, precision="auto"), x, xt,

@@ -19,7 +19,7 @@ from conftest import free_port
 # small KL term).
 SHARD_TOLERANCE = 1e-4
 TINY = ["--data", "synthetic", "--train-size", "260", "--test-size", "52", "--epochs", "2", "--models", "ae",
-        "--precision", "float32"]
+        "--precision", "float32", "--baselines", "none"]
 
 
 # ---------------------------------------------------------------- cells and summaries
@@ -181,7 +181,8 @@ def test_sweep_on_a_real_scheduler_survives_a_killed_worker(tmp_path, dask_clust
     address, client = dask_cluster
     out = tmp_path / "sweep"
     flags = ["--data", "synthetic", "--train-size", "2600", "--test-size", "52", "--epochs", "5", "--models", "ae",
-             "--latent-dim", "2,3", "--precision", "float32", "--scheduler", address, "--out", str(out)]
+             "--latent-dim", "2,3", "--precision", "float32", "--baselines", "none", "--scheduler", address,
+             "--out", str(out)]
     outcome = {}
     thread = threading.Thread(target=lambda: outcome.setdefault("code", cli.main(flags)))
     thread.start()
@@ -231,7 +232,7 @@ def test_a_sweep_cell_in_a_worker_is_the_single_run_of_its_settings(tmp_path):
     # The single run trains in this process on two shards, the cell in a one-core worker on one:
     # the same random numbers, so the same model up to the order of floating-point sums.
     flags = ["--data", "synthetic", "--train-size", "520", "--test-size", "104", "--epochs", "2", "--models", "arch3",
-             "--precision", "float32"]
+             "--precision", "float32", "--baselines", "none"]
     assert cli.main(flags + ["--workers", "1", "--out", str(tmp_path / "single")]) == 0
     assert cli.main(flags + ["--latent-dim", "2,3", "--workers", "2", "--out", str(tmp_path / "sweep")]) == 0
     single = json.loads((tmp_path / "single" / "results.json").read_text())["models"]["arch3"]

@@ -58,7 +58,7 @@ def test_gaussian_filter_spreads_a_speck_as_a_unit_gaussian():
 
 
 def test_every_denoiser_lifts_the_psnr_of_noisy_letters():
-    clean = letters(26, seed=3)
+    clean = letters(26, seed=3)[::3]  # 9 letters: BM3D takes a fraction of a second each
     noisy = noise_addition(clean, 0.3, seed=1)
     before = evaluation.psnr(clean, noisy).mean()
     for method in baselines.METHODS:

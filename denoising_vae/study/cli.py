@@ -74,8 +74,8 @@ def parse_args(argv, prog="assignment_5.py"):
                              "machine and model and cached")
     parser.add_argument("--baselines", default=",".join(defaults.baselines),
                         help="classical denoisers measured beside the models: a comma-separated subset of "
-                             f"{','.join(BASELINES)}, all, or none (bm3d takes about a third of a second "
-                             "per letter)")
+                             f"{','.join(BASELINES)}, all, or none (bm3d is hundreds of times slower than "
+                             "the others)")
     parser.add_argument("--tensorboard", action="store_true",
                         help="also log each model's epochs for TensorBoard under OUT/tensorboard")
     parser.add_argument("--out", default="runs/study", help="run folder")
