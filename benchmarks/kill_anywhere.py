@@ -145,7 +145,8 @@ def check_finished(out, reference, epochs):
         with open(out / "sweep.csv", newline="") as file:
             names = [Path(row["folder"]).name for row in csv.DictReader(file)]
         assert sorted(names) == sorted(reference) and len(set(names)) == len(names), names
-        assert results["summary"] and all(row["n"] == 3 and not row["failed"] for row in results["summary"])
+        seeds = results["sweep"]["seeds"]
+        assert results["summary"] and all(row["n"] == seeds and not row["failed"] for row in results["summary"])
     check_histories(out, epochs)
     assert (out / "report.md").read_text().startswith("# Denoising VAEs")
     for figure in results["figures"].values():
@@ -222,7 +223,8 @@ def main(argv=None):
     assert reference_run.returncode == 0, stderr
     reference = test_metrics(json.loads((out / "reference" / "results.json").read_text()))
     reference_seconds = time.time() - started
-    log = run(flags, out, 3, args.kills, random.Random(args.seed), reference, started + 3600 * args.hours)
+    epochs = int(flags[flags.index("--epochs") + 1])
+    log = run(flags, out, epochs, args.kills, random.Random(args.seed), reference, started + 3600 * args.hours)
     report = {"what": "study" if args.study else "sweep", "flags": flags, "seed": args.seed,
               "reference_seconds": round(reference_seconds, 1), **log,
               "seconds": round(time.time() - started, 1), "checks": "passed"}

@@ -1,4 +1,5 @@
-"""Faults a user causes: Ctrl-C, two runs on one folder, a killed run's lock, divergence, damaged files, noise."""
+"""Faults a user causes: two runs on one folder, a killed run's lock, divergence, damaged files, noise, a full disk,
+random kills (Ctrl-C and SIGTERM in every phase are in test_stops.py)."""
 import json
 import os
 import signal
@@ -41,63 +42,6 @@ def wait_for(condition, timeout=180):
 
 def checkpoint_saved(out):
     return lambda: any((out / "checkpoints" / "ae").glob("checkpoint-epoch*.keras"))
-
-
-@pytest.fixture
-def ctrl_c_reaches_children():
-    """Children launched now take SIGINT as a terminal's run does, whatever this process inherited.
-
-    A suite started in the background of a non-interactive shell (``cmd &``,
-    ``nohup``) inherits SIGINT ignored; its children would too, and Python
-    keeps an inherited SIG_IGN instead of raising KeyboardInterrupt. A
-    handler (unlike SIG_IGN) is reset to the default on exec.
-    """
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
-
-
-@pytest.mark.slow
-def test_ctrl_c_in_a_terminal_stops_the_worker_processes_too_and_the_same_command_resumes(
-        tmp_path, ctrl_c_reaches_children, capsys):
-    out = tmp_path / "run"
-    flags = SLOW[:-4] + ["--models", "ae,arch2", "--precision", "float32", "--workers", "2"]
-    # A terminal's Ctrl-C reaches every process of the foreground group: the run and its workers.
-    process = launch(flags, out, start_new_session=True)
-    stdout, stderr = stop_after_an_epoch(process, out, signal.SIGINT)
-    assert process.returncode == 130
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert lines == [f"assignment_5.py: interrupted; run the same command again to resume from {out}"], stderr
-    # One chain of models per worker, the costliest first.
-    assert "training side by side in 2 worker processes (a Dask LocalCluster, 1 core each): ae; arch2" in stdout
-    resumed = launch(flags, out)
-    stdout, stderr = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, stderr
-    # Each model's epochs are reported as they end, the earlier run's not again.
-    assert "ae: resumed after epoch" in stdout and "ae: epoch 4/4, loss " in stdout
-    assert stdout.count("ae: epoch 1/4") == 0 and "arch2: test loss " in stdout
-    assert not [line for line in stderr.splitlines() if line.strip()], stderr
-    for name in ("ae", "arch2"):
-        assert [row["epoch"] for row in loop.read_history(out / "checkpoints" / name)] == [1, 2, 3, 4]
-        assert (out / f"{name}.keras").is_file()
-    results = json.loads((out / "results.json").read_text())
-    assert list(results["models"]) == ["ae", "arch2"] and results["workers"] == 2
-    assert all(entry["epochs"] == 4 and entry["fast_path"]["shards"] == 1 for entry in results["models"].values())
-    assert "2 models trained at a time" in (out / "report.md").read_text()
-    # The same folder in one process: both models are found finished.
-    assert cli.main(flags[:-2] + ["--workers", "1", "--out", str(out)]) == 0
-    assert capsys.readouterr().out.count("already finished") == 2
-
-
-def stop_after_an_epoch(process, out, sig):
-    """Send ``sig`` to the run's process group (its workers too, as a terminal or a job manager does) once
-    an epoch has finished; return ``(stdout, stderr)`` once every process of the group has ended."""
-    try:
-        assert wait_for(checkpoint_saved(out)), "no epoch finished"
-        return KILL_ANYWHERE.stop_group(process, sig)
-    finally:
-        if KILL_ANYWHERE.group_alive(process.pid):
-            os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.mark.slow

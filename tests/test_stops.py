@@ -22,7 +22,7 @@ import pytest
 from conftest import REPO, benchmark_module
 
 KILL_ANYWHERE = benchmark_module("kill_anywhere")
-BASE = ["--data", "synthetic", "--train-size", "2600", "--test-size", "104", "--epochs", "2", "--precision", "auto"]
+BASE = ["--data", "synthetic", "--train-size", "520", "--test-size", "104", "--epochs", "2", "--precision", "auto"]
 WORDS = {signal.SIGINT: ("interrupted", 130), signal.SIGTERM: ("terminated", 143)}
 
 
@@ -146,7 +146,7 @@ ONE_PROCESS = [
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
-    return chain(tmp_path_factory.mktemp("one-process"), BASE + ["--models", "arch3", "--workers", "1"],
+    return chain(tmp_path_factory.mktemp("one-process"), BASE + ["--models", "arch2", "--workers", "1"],
                  ONE_PROCESS)
 
 
@@ -158,8 +158,8 @@ def test_a_stop_in_each_phase_of_a_one_process_study_is_one_line(one_process, ph
 
 @pytest.mark.slow
 def test_a_one_process_study_stopped_in_every_phase_finishes_whole(one_process):
-    results = check_finished(one_process, lambda out: [out / "checkpoints" / "arch3" / "history.csv"])
-    assert list(results["models"]) == ["arch3"] and results["baselines"]["levels"]
+    results = check_finished(one_process, lambda out: [out / "checkpoints" / "arch2" / "history.csv"])
+    assert list(results["models"]) == ["arch2"] and results["baselines"]["levels"]
 
 
 WORKERS = [
@@ -171,7 +171,7 @@ WORKERS = [
 
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory):
-    return chain(tmp_path_factory.mktemp("two-workers"), BASE + ["--models", "arch3,ae", "--workers", "2"], WORKERS)
+    return chain(tmp_path_factory.mktemp("two-workers"), BASE + ["--models", "arch2,ae", "--workers", "2"], WORKERS)
 
 
 @pytest.mark.slow
@@ -183,7 +183,7 @@ def test_a_stop_in_each_phase_of_a_two_worker_study_is_one_line_and_leaves_no_wo
 @pytest.mark.slow
 def test_a_two_worker_study_stopped_in_every_phase_finishes_whole(two_workers):
     results = check_finished(two_workers, lambda out: sorted(out.glob("checkpoints/*/history.csv")))
-    assert list(results["models"]) == ["arch3", "ae"]
+    assert list(results["models"]) == ["arch2", "ae"]
 
 
 SWEEP = [

@@ -214,7 +214,7 @@ def test_resume_after_interruption(tmp_path, capsys):
     model = vae.build_model("ae", seed=1, precision="auto")  # seed = --seed + position in --models
     loop.train_model(model, x, xt, run_dir=out / "checkpoints" / "ae", epochs=1, seed=1, verbose=0)
     capsys.readouterr()
-    assert cli.main(SMALL[:-1] + ["2", "--models", "arch2,ae", "--out", str(out)]) == 2
+    assert cli.main(SMALL + ["--epochs", "2", "--models", "arch2,ae", "--out", str(out)]) == 2
     assert "holds a run made with epochs=1, not 2" in capsys.readouterr().err
     assert cli.main(SMALL + ["--models", "arch2,ae", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
