@@ -165,7 +165,6 @@ def test_a_one_process_study_stopped_in_every_phase_finishes_whole(one_process):
 WORKERS = [
     ("training in workers", printed("training 2 epochs"), "trained in", signal.SIGINT),
     ("evaluation in a worker", printed("; evaluating"), "test loss", signal.SIGTERM),
-    ("figures after workers", printed("] figures"), "done: ", signal.SIGINT),
 ]
 
 
