@@ -1,4 +1,7 @@
-"""study/cluster.py: a running scheduler is checked before anything is submitted, and TLS works."""
+"""study/cluster.py: a running scheduler is checked before anything is submitted, TLS works, and a
+LocalCluster's own logging stays quiet."""
+import importlib
+import logging
 import os
 import subprocess
 import sys
@@ -6,6 +9,7 @@ import sys
 import pytest
 
 from conftest import REPO
+from denoising_vae.study import cluster
 
 TINY = ["--data", "synthetic", "--train-size", "260", "--test-size", "52", "--epochs", "1", "--models", "arch3",
         "--seeds", "2", "--precision", "float32", "--baselines", "none"]
@@ -92,3 +96,41 @@ def test_a_sweep_runs_on_a_tls_scheduler_and_a_client_without_the_certificate_is
                              env={"DASK_CONFIG": str(stranger)})
     assert status == 2 and "no Dask scheduler answered" in err and err.count("\n") == 1
 
+
+
+def _log_as_a_closing_cluster_does():
+    """In a worker: what Dask's loggers say as a cluster closes under them, and one line of another
+    logger, which must come through (it shows this worker's stderr is the one the test reads)."""
+    import logging
+
+    logging.getLogger("distributed.batched").info("Batched Comm Closed <TCP (closed)>")
+    logging.getLogger("distributed.worker").error("Failed to communicate with scheduler during heartbeat.")
+    try:
+        raise ConnectionError("Stream is closed")
+    except ConnectionError:
+        logging.getLogger("distributed.core").exception("CommClosedError")
+    logging.getLogger("not-dask").warning("a line of another logger")
+    return logging.getLogger("distributed").getEffectiveLevel()
+
+
+def test_a_local_clusters_own_logging_is_quiet_in_every_worker_and_once_a_run_is_interrupted(capfd):
+    importlib.import_module("distributed")  # which sets its loggers' levels
+
+    before = cluster.DASK_LOGGER.level
+    with cluster.dask_client(2, None) as client:
+        assert cluster.DASK_LOGGER.level == logging.ERROR  # here: errors only, while the cluster runs
+        assert list(client.run(_log_as_a_closing_cluster_does).values()) == [logging.CRITICAL] * 2
+        client.restart()  # respawned workers start with the same configuration
+        assert list(client.run(_log_as_a_closing_cluster_does).values()) == [logging.CRITICAL] * 2
+    assert cluster.DASK_LOGGER.level == before and "DASK_LOGGING__DISTRIBUTED" not in os.environ
+    err = capfd.readouterr().err
+    assert err.count("a line of another logger") == 4 and "distributed" not in err and "Closed" not in err, err
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with cluster.dask_client(2, None):
+                raise KeyboardInterrupt
+        # The process is about to end: the loggers stay quiet for what Dask's threads still say.
+        assert cluster.DASK_LOGGER.level == logging.CRITICAL
+    finally:
+        cluster.DASK_LOGGER.setLevel(before)
+    assert capfd.readouterr().err == ""

@@ -7,10 +7,16 @@
   and see the run folder; a missing package or a blind worker is one line
   naming the worker and what to do.
 * :func:`quiet_workers_plugin`: Ctrl-C ends a local worker without a traceback.
+
+The cluster's own logging is not how the study reports: a cell's error comes
+back to the client as its result. So a local worker process starts with
+Dask's logging configuration at CRITICAL (``DASK_LOGGING__DISTRIBUTED``, set
+before it is spawned, so it holds from its first import to its last close),
+and Dask's loggers in this process report errors only while the cluster runs,
+and nothing once a run was interrupted.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -28,19 +34,14 @@ def _exit_quietly(signum, frame):
     os._exit(128 + signum)
 
 
-class ShutdownRaceFilter(logging.Filter):
-    """Drops the one error a local worker can print as its cluster closes: Dask ends
-    the scheduler before the workers, and a heartbeat under way meets a closed
-    connection ("Failed to communicate with scheduler during heartbeat")."""
-
-    def filter(self, record):
-        return not record.getMessage().startswith("Failed to communicate with scheduler during heartbeat")
+# Dask's own logging configuration, read by ``distributed`` when it is first imported.
+WORKER_LOGGING = {"DASK_LOGGING__DISTRIBUTED": "critical"}
+DASK_LOGGER = logging.getLogger("distributed")
 
 
 def quiet_workers_plugin():
     """A Dask worker plugin for this machine's LocalCluster: Ctrl-C or SIGTERM (a job manager's stop)
-    ends a worker process at once and without a traceback, and the close's heartbeat race prints nothing
-    (:class:`ShutdownRaceFilter`).
+    ends a worker process at once and without a traceback.
 
     Its client stops the run; the worker's checkpoints are written atomically,
     so an epoch cut short costs only itself (as a killed worker does).
@@ -51,7 +52,6 @@ def quiet_workers_plugin():
         name = "quiet-workers"
 
         def setup(self, worker):
-            logging.getLogger("distributed.worker").addFilter(ShutdownRaceFilter())
             try:
                 signal.signal(signal.SIGINT, _exit_quietly)
                 signal.signal(signal.SIGTERM, _exit_quietly)
@@ -70,6 +70,7 @@ class dask_client:
         self.workers, self.scheduler, self.cluster, self.client = workers, scheduler, None, None
 
     def __enter__(self):
+        import dask
         from dask.distributed import Client, LocalCluster
 
         if self.scheduler is not None:
@@ -84,9 +85,19 @@ class dask_client:
         # and ignores it while starting (ignored signals stay ignored in the
         # processes started meanwhile).
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        self.level_before = DASK_LOGGER.level
+        self.environ_before = {name: os.environ.get(name) for name in WORKER_LOGGING}
+        DASK_LOGGER.setLevel(logging.ERROR)
         try:
-            self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                        dashboard_address=":0", env=env, silence_logs=40)
+            # Each nanny keeps these and sets them in this process's environment before it spawns
+            # (or respawns) its worker: the worker's Dask reads its logging configuration at import.
+            spawn_env = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_LOGGING}
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env}):
+                self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                            dashboard_address=":0", env=env, silence_logs=logging.ERROR)
+        except BaseException:
+            self._restore(logging_too=True)
+            raise
         finally:
             signal.signal(signal.SIGINT, previous)
         self.client = Client(self.cluster)
@@ -95,25 +106,28 @@ class dask_client:
 
     def __exit__(self, exc_type, *exc):
         # Stopped by Ctrl-C or SIGTERM, the workers are gone or going: the scheduler, client and
-        # nannies in this process then log closed connections, which is noise. Real errors of a
-        # cell reach the user as its result, not through these loggers.
+        # nannies in this process then log closed connections, from this thread and Dask's own,
+        # during the close and after it. That is noise, and the process is about to end: Dask's
+        # loggers stay quiet. Real errors of a cell reach the user as its result, not through them.
         interrupted = exc_type is not None and not issubclass(exc_type, Exception)
-        with _quiet_dask_logs() if interrupted else contextlib.nullcontext():
-            self.client.close()
-            if self.cluster is not None:
-                self.cluster.close()
+        if interrupted:
+            DASK_LOGGER.setLevel(logging.CRITICAL)
+        self.client.close()
+        if self.cluster is None:
+            return
+        self.cluster.close()
+        self._restore(logging_too=not interrupted)
 
-
-@contextlib.contextmanager
-def _quiet_dask_logs():
-    """Within the block, Dask's loggers in this process report nothing below CRITICAL."""
-    logger = logging.getLogger("distributed")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+    def _restore(self, logging_too):
+        """This process's environment (the nannies set the workers' variables here to spawn them),
+        and with ``logging_too`` the level of Dask's loggers, as they were before the cluster."""
+        for name, value in self.environ_before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if logging_too:
+            DASK_LOGGER.setLevel(self.level_before)
 
 
 def connect_check(scheduler, timeout=10):
