@@ -202,9 +202,14 @@ def main(argv=None, prog="assignment_5.py") -> int:
     plain_format, plain_program = warnings.formatwarning, messages.PROGRAM
     warnings.formatwarning = lambda message, *rest, **kw: f"{prog}: warning: {message}\n"
     messages.PROGRAM = prog
-    on_sigterm = _stop_on_sigterm()
+    stops = StopSignals()
     try:
-        return _run(config, out, workers, scheduler, prog, args.tensorboard)
+        with stops:
+            try:
+                return _run(config, out, workers, scheduler, prog, args.tensorboard)
+            except Exception:
+                stops.raise_if_received()
+                raise
     except UsageError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
@@ -227,24 +232,50 @@ def main(argv=None, prog="assignment_5.py") -> int:
         return 1
     finally:
         warnings.formatwarning, messages.PROGRAM = plain_format, plain_program
-        if on_sigterm is not None:
-            signal.signal(signal.SIGTERM, on_sigterm)
 
 
 class Terminated(BaseException):
     """SIGTERM arrived (a job manager or ``kill`` stopping the run): stop as Ctrl-C does."""
 
 
-def _raise_terminated(signum, frame):
-    raise Terminated()
+class StopSignals:
+    """``with StopSignals() as stops``: in the block, Ctrl-C raises ``KeyboardInterrupt`` and SIGTERM
+    ``Terminated``, and the first of them is kept in ``stops.received``.
 
+    The exception is raised wherever the main thread is, and code in C++ that
+    calls back into Python (TensorFlow tracing a function) can turn it into
+    another error; :meth:`raise_if_received` puts the stop back. Ctrl-C
+    ignored when the run started (a background job of a script) stays
+    ignored. Outside the main thread, where Python sets no handlers, nothing
+    changes. On leaving, the handlers before the block are restored.
+    """
 
-def _stop_on_sigterm():
-    """Make SIGTERM stop the run as Ctrl-C does; return the handler it replaced (``None`` when this is
-    not the main thread, where Python cannot set handlers)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, _raise_terminated)
+    def __init__(self):
+        self.received, self.previous = None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGINT, signal.SIGTERM):
+                if number == signal.SIGINT and signal.getsignal(number) is not signal.default_int_handler:
+                    continue
+                self.previous[number] = signal.signal(number, self._stop)
+        return self
+
+    def _stop(self, number, frame):
+        if self.received is None:
+            self.received = number
+        self.raise_if_received()
+
+    def raise_if_received(self):
+        """Raise the stop's exception if a stop signal came; do nothing otherwise."""
+        if self.received == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.received == signal.SIGTERM:
+            raise Terminated
+
+    def __exit__(self, *exc):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
 
 
 def _run(config, out, workers, scheduler, prog, tensorboard):
