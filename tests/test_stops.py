@@ -7,8 +7,11 @@ first phase (a file it writes or a line it prints tells), the same command is
 started again and stopped in the next phase, and so on; the last run
 finishes. The signal goes to the whole group, workers included. The chain
 has a fresh cache (its own ``HOME`` and ``XDG_CACHE_HOME``), so loading the
-data and deciding the fast path are really done. One test per phase checks
-what the user saw there; one per chain checks that it finished whole.
+data and deciding the fast path are really done. Writing the report or a
+figure lasts milliseconds: there the run is stopped inside the write, which
+a stalled disk holds open (``tests/hooks/slow_write``). One test per phase
+checks what the user saw there; one per chain checks that it finished whole
+and that no write cut short left a file behind.
 """
 import json
 import os
@@ -22,6 +25,7 @@ import pytest
 from conftest import REPO, benchmark_module
 
 KILL_ANYWHERE = benchmark_module("kill_anywhere")
+SLOW_WRITE = REPO / "tests" / "hooks" / "slow_write"
 BASE = ["--data", "synthetic", "--train-size", "520", "--test-size", "104", "--epochs", "2", "--precision", "auto"]
 WORDS = {signal.SIGINT: ("interrupted", 130), signal.SIGTERM: ("terminated", 143)}
 
@@ -33,14 +37,19 @@ def _take_ctrl_c():
 
 
 class Run:
-    """A run of ``assignment_5.py`` into ``out`` in its own process group, its output going to files."""
+    """A run of ``assignment_5.py`` into ``out`` in its own process group, its output going to files;
+    with ``stalled`` (a file name), the first write of that file stalls (``tests/hooks/slow_write``)."""
 
-    def __init__(self, folder, out, flags, home):
+    def __init__(self, folder, out, flags, home, stalled=None):
         folder.mkdir(parents=True)
         self.out = out
         self.stdout_path, self.stderr_path = folder / "stdout.txt", folder / "stderr.txt"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")}
         env.pop("EMNIST_PATH", None)
+        self.marker = folder / "stalled"
+        if stalled is not None:
+            env.update(SLOW_WRITE=stalled, SLOW_WRITE_MARKER=str(self.marker),
+                       PYTHONPATH=os.pathsep.join(filter(None, [str(SLOW_WRITE), env.get("PYTHONPATH")])))
         with open(self.stdout_path, "w") as stdout, open(self.stderr_path, "w") as stderr:
             self.process = subprocess.Popen([sys.executable, str(REPO / "assignment_5.py"), *flags,
                                              "--out", str(out)], cwd=REPO, stdout=stdout, stderr=stderr,
@@ -79,6 +88,13 @@ def printed(text):
     return lambda run: lambda: text in run.stdout()
 
 
+class Stalled(str):
+    """A phase reached when the run stalls in its first write of the file of this name."""
+
+    def __call__(self, run):
+        return run.marker.exists
+
+
 def started(run):
     return lambda: (run.out / "config.json").is_file()  # written just before the data are read
 
@@ -94,7 +110,7 @@ def chain(folder, flags, stops):
     home.mkdir(parents=True)
     seen = {"out": out}
     for index, (phase, reached, later, sig) in enumerate(stops):
-        run = Run(folder / f"{index}-{phase}", out, flags, home)
+        run = Run(folder / f"{index}-{phase}", out, flags, home, reached if isinstance(reached, Stalled) else None)
         try:
             run.wait_for(reached(run))
             status = run.stop(sig)
@@ -108,6 +124,7 @@ def chain(folder, flags, stops):
     final = Run(folder / "finish", out, flags, home)
     final.process.wait(timeout=600)
     seen["finished"] = {"status": final.process.returncode, "lines": final.stderr_lines(), "stdout": final.stdout()}
+    seen["left"] = sorted(path.name for path in out.rglob(".*.part*"))  # a write cut short leaves nothing
     return seen
 
 
@@ -123,6 +140,7 @@ def check_phase(seen, phase):
 def check_finished(seen, histories):
     finished = seen["finished"]
     assert finished["status"] == 0 and finished["lines"] == [], finished
+    assert seen["left"] == []
     # The package's lines only: a redirected stdout has no progress-bar controls.
     assert "\r" not in finished["stdout"] and "\x1b" not in finished["stdout"]
     results = json.loads((seen["out"] / "results.json").read_text())
@@ -141,6 +159,7 @@ ONE_PROCESS = [
     ("evaluation", printed("; evaluating"), "test loss", signal.SIGTERM),
     ("classical denoisers", printed("classical denoisers ("), "] figures", signal.SIGINT),
     ("figures", printed("] figures"), "done: ", signal.SIGTERM),
+    ("report writing", Stalled("report.md"), "done: ", signal.SIGINT),
 ]
 
 
@@ -165,6 +184,8 @@ def test_a_one_process_study_stopped_in_every_phase_finishes_whole(one_process):
 WORKERS = [
     ("training in workers", printed("training 2 epochs"), "trained in", signal.SIGINT),
     ("evaluation in a worker", printed("; evaluating"), "test loss", signal.SIGTERM),
+    ("figures", Stalled("comparison.png"), "done: ", signal.SIGINT),
+    ("report writing", Stalled("report.md"), "done: ", signal.SIGTERM),
 ]
 
 
@@ -188,6 +209,7 @@ def test_a_two_worker_study_stopped_in_every_phase_finishes_whole(two_workers):
 SWEEP = [
     ("cells on workers", printed("cells (1 models"), "cell 1/", signal.SIGTERM),
     ("the sweep's classical denoisers", printed("classical denoisers ("), "] figures", signal.SIGINT),
+    ("the sweep's report writing", Stalled("report.md"), "done: ", signal.SIGTERM),
 ]
 
 
