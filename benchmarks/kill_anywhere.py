@@ -1,13 +1,14 @@
 """Kill a sweep (or a study) at random moments, rerun the same command each time, and check what it leaves.
 
-    python benchmarks/kill_anywhere.py [--kills 100] [--seed 0] [--study] [--out runs/kill-anywhere] [--json OUT]
+    python benchmarks/kill_anywhere.py [--kills 100] [--seed 0] [--study] [--window S] [--out runs/kill-anywhere] [--json OUT]
 
 A small sweep (arch3 and the autoencoder x latent sizes 2 and 3 x 3 seeds, 3
 epochs on 520 synthetic letters, float32, two LocalCluster workers), or with
 ``--study`` the four models of a study on two workers, is first run once
 without interruption for reference. Then the same command is started again
 and again in a fresh folder; at a moment drawn at random (seeded by
-``--seed``, so a failure replays) one of these happens:
+``--seed``, so a failure replays) within ``--window`` seconds of the run's
+start (by default the uninterrupted run's duration) one of these happens:
 
 * ``sigkill``: the whole process group is killed, as by a power cut or a job
   manager's last word;
@@ -21,7 +22,8 @@ After every stop the folder must hold only whole files: each finished cell's
 ``history.csv`` has each epoch once, in order. A run that finishes is checked
 in full: exit status 0, ``sweep.csv`` with every cell once, each history with
 epochs 1..N once, ``results.json``, ``report.md`` and every figure readable,
-and every test metric equal to the reference run's. If kills remain, a new
+no temporary file of a killed writer left, and every test metric equal to
+the reference run's. If kills remain, a new
 folder starts. One JSON object is printed: the kills of each kind, the runs
 and how long it all took.
 """
@@ -148,18 +150,20 @@ def check_finished(out, reference, epochs):
         seeds = results["sweep"]["seeds"]
         assert results["summary"] and all(row["n"] == seeds and not row["failed"] for row in results["summary"])
     check_histories(out, epochs)
+    assert not list(out.rglob(".*.part*")), f"temporary files left: {list(out.rglob('.*.part*'))}"
     assert (out / "report.md").read_text().startswith("# Denoising VAEs")
     for figure in results["figures"].values():
         assert matplotlib.image.imread(out / figure).size > 0
 
 
-def run(flags, out, epochs, kills, rng, reference, deadline):
-    """Kill runs of ``flags`` at random moments until ``kills`` kills were made; return the log."""
+def run(flags, out, epochs, kills, rng, reference, deadline, window):
+    """Kill runs of ``flags`` at random moments until ``kills`` kills were made; return the log.
+
+    Each kill comes at a moment drawn uniformly from 0.2 s to ``window`` s after the run's start or
+    the last worker kill; a run that finishes first is checked in full.
+    """
     log = {"kills": {action: 0 for action in ACTIONS}, "runs": 0, "finished_runs": 0, "folders": 1}
     folder = out / "run-1"
-    # A kill comes within this many seconds of the start or of the last worker kill: long enough for
-    # some work to be done between kills, short enough for many kills per run.
-    window = 14.0
     while sum(log["kills"].values()) < kills:
         assert time.time() < deadline, "out of time"
         finished = finished_files(folder)
@@ -210,6 +214,9 @@ def main(argv=None):
     parser.add_argument("--tiny", action="store_true", help="the tests' tiny sweep (one model, two seeds)")
     parser.add_argument("--out", default="runs/kill-anywhere", help="folder for the runs (emptied first)")
     parser.add_argument("--json", default=None, help="also write the JSON object to this file")
+    parser.add_argument("--window", type=float, default=None,
+                        help="each kill comes within this many seconds of a run's start or the last worker kill "
+                             "(default: the uninterrupted run's duration)")
     parser.add_argument("--hours", type=float, default=3.0, help="give up after this long")
     args = parser.parse_args(argv)
     import shutil
@@ -224,9 +231,11 @@ def main(argv=None):
     reference = test_metrics(json.loads((out / "reference" / "results.json").read_text()))
     reference_seconds = time.time() - started
     epochs = int(flags[flags.index("--epochs") + 1])
-    log = run(flags, out, epochs, args.kills, random.Random(args.seed), reference, started + 3600 * args.hours)
+    window = args.window or reference_seconds
+    log = run(flags, out, epochs, args.kills, random.Random(args.seed), reference, started + 3600 * args.hours,
+              window)
     report = {"what": "study" if args.study else "sweep", "flags": flags, "seed": args.seed,
-              "reference_seconds": round(reference_seconds, 1), **log,
+              "reference_seconds": round(reference_seconds, 1), "window_seconds": round(window, 1), **log,
               "seconds": round(time.time() - started, 1), "checks": "passed"}
     try:
         from bench_training import cpu_model

@@ -34,3 +34,16 @@ def test_the_temporary_name_keeps_the_suffix_and_names_the_process(tmp_path):
         assert partial.parent == tmp_path
         partial.write_bytes(b"weights")
     assert (tmp_path / "arch2.keras").read_bytes() == b"weights"
+
+
+def test_the_temporary_files_of_killed_writers_are_removed_and_nothing_else(tmp_path):
+    left = [tmp_path / ".results.json.4242.part", tmp_path / ".comparison.png.9.part.png",
+            tmp_path / "checkpoints" / "arch2" / ".checkpoint-epoch1.keras.77.part.keras",
+            tmp_path / "cells" / "ae-seed0" / ".cell.json.5.part"]
+    kept = [tmp_path / "results.json", tmp_path / ".lock", tmp_path / "notes.part", tmp_path / ".draft.part",
+            tmp_path / "cells" / "ae-seed0" / "history.csv"]
+    for path in left + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    assert atomic_files.remove_partial_files(tmp_path) == sorted(left)
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == sorted(kept)

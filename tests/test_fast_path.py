@@ -386,7 +386,12 @@ def test_choose_fast_path_times_the_real_model_then_reads_the_cache(tmp_path):
     assert measured.source == "measured" and timed <= {f"{p}/{n}" for p, n in candidates}
     assert {f"{p}/{n}" for p, n in candidates if n == 1} <= timed  # every precision at one shard
     assert all(0 < ms < 5000 for ms in measured.step_ms.values()) and measured.decide_seconds > 0
-    assert measured.step_ms[f"{measured.precision}/{measured.shards}"] == min(measured.step_ms.values())
+    # The winner is the fastest of the last round: a precision dropped after the first round keeps that
+    # round's time, which a slower spell of the machine in the second round can undercut.
+    fewest = min(n for _, n in candidates)
+    kept = {p for p, n in candidates if n != fewest and f"{p}/{n}" in timed} | {measured.precision}
+    last_round = [ms for name, ms in measured.step_ms.items() if name.split("/")[0] in kept]
+    assert measured.step_ms[f"{measured.precision}/{measured.shards}"] == min(last_round)
     again = step_timing.choose_fast_path("ae", cache_file=cache_file)
     assert (again.source, again.precision, again.shards, again.step_ms) == \
         ("cached", measured.precision, measured.shards, measured.step_ms)

@@ -5,7 +5,8 @@ through :func:`replacing`: the data go to a temporary file beside the
 target, which then replaces the target in one step (``os.replace`` is
 atomic on POSIX and Windows within one file system). The temporary name
 holds the process id, so processes writing the same file (a sweep's
-workers filling a shared cache) never write into each other's.
+workers filling a shared cache) never write into each other's; the ones a
+killed writer left are removed by :func:`remove_partial_files`.
 
 :func:`read_json_object` is the one reader of the package's JSON files: a
 missing or damaged file gives ``None``, never an exception.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +39,7 @@ def replacing(path, suffix=""):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part{suffix}")
+    partial = path.with_name(f".{path.name}.{os.getpid()}.part{suffix}")  # see PARTIAL_NAME
     try:
         yield partial
         os.replace(partial, path)
@@ -45,6 +47,25 @@ def replacing(path, suffix=""):
         raise OSError(error.errno, error.strerror or first_line(error), str(path)) from error
     finally:
         partial.unlink(missing_ok=True)
+
+
+# The temporary files :func:`replacing` writes: ``.NAME.PID.part`` and an optional suffix.
+PARTIAL_NAME = re.compile(r"^\..+\.\d+\.part(\.\w+)?$")
+
+
+def remove_partial_files(folder):
+    """Remove the temporary files that killed writers left anywhere under ``folder``; return their paths.
+
+    A process killed while it wrote (SIGKILL, a power cut) leaves its
+    temporary file; the target itself is whole. Call this only while no
+    process of the folder's run writes (under its lock, before any work).
+    """
+    removed = []
+    for path in sorted(Path(folder).rglob(".*.part*")):
+        if PARTIAL_NAME.match(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def write_text(path, text):

@@ -147,7 +147,8 @@ class OutLock:
 
 
 def open_run(config, out: Path, processes):
-    """Check memory, prepare the folder ``out``, read the data and the results so far.
+    """Check memory, prepare the folder ``out`` (removing the temporary files of killed writers), read the
+    data and the results so far.
 
     Returns ``(loaded, results, data_info)``: ``data_prepro.input_read``'s
     value, ``results.json``'s content (``{}`` at first) and the data's entry
@@ -155,6 +156,7 @@ def open_run(config, out: Path, processes):
     """
     check_memory(config, processes=processes)
     prepare_out(out, config)
+    files.remove_partial_files(out)  # a killed run's half-written temporary files; this run holds the lock
     loaded = input_read(config.data, train_size=config.train_size, test_size=config.test_size, seed=config.seed)
     (x_train, _), (x_test, _) = loaded
     data_info = data_description(loaded.source, x_train, x_test)
@@ -164,7 +166,11 @@ def open_run(config, out: Path, processes):
 
 
 def finish_run(out: Path, results, report_text, progress):
-    """Add this run's time to ``results``, write ``results.json`` and ``report.md`` (each whole or not at all)."""
+    """Add this run's time to ``results``, write ``results.json`` and ``report.md`` (each whole or not at all).
+
+    Every model and cell is done by now: a worker killed while it wrote left a temporary file, removed here.
+    """
+    files.remove_partial_files(out)
     results["total_seconds"] = round(results.get("total_seconds", 0.0) + progress.elapsed(), 1)
     files.write_json(out / "results.json", results)
     files.write_text(out / "report.md", report_text(results))
