@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from .core import stopping
 from .core.checks import as_model_input, check_images, check_pair, check_positive_int
 from .models import fast_path
 from .models.losses import (PIXELS, PROBABILITY_CLIP, bernoulli_log_likelihood, kl_divergence, pixel_accuracy,
@@ -45,8 +46,10 @@ def _apply(model, part, inputs, batch_size):
         layer = getattr(model, part)
         signature = [tf.TensorSpec((None,) + tuple(inputs.shape[1:]), tf.float32)]
         functions[part] = tf.function(lambda batch: layer(batch, training=False), input_signature=signature)
-    outputs = [functions[part](tf.constant(inputs[start:start + batch_size]))
-               for start in range(0, len(inputs), batch_size)]
+    outputs = []
+    for start in range(0, len(inputs), batch_size):
+        outputs.append(functions[part](tf.constant(inputs[start:start + batch_size])))
+        stopping.check()  # a stop the tracing swallowed
     if isinstance(outputs[0], (list, tuple)):
         return [np.concatenate([np.asarray(o[i], np.float32) for o in outputs]) for i in range(len(outputs[0]))]
     return np.concatenate([np.asarray(o, np.float32) for o in outputs])

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from denoising_vae.core import runtime as startup
+from denoising_vae.core import files, runtime as startup
 from denoising_vae.data import sources
 from denoising_vae.models import vae
 from denoising_vae.study import cli
@@ -167,7 +167,11 @@ def test_tensorflow_start_up_notices_are_recognised():
     assert not startup.is_startup_noise("E0000 00:00:1.0   1 some_kernel.cc:9] a real error")
 
 
-def test_sizes_that_cannot_fit_are_refused_before_anything_is_allocated(tmp_path, capsys):
+def test_sizes_that_cannot_fit_are_refused_before_anything_is_allocated(tmp_path, capsys, monkeypatch):
+    # The memory available now, held still: other processes (the suite's other half) change it meanwhile.
+    available = resources.available_memory()
+    monkeypatch.setattr(resources, "available_memory", lambda: available)
+    monkeypatch.setattr(cli, "available_memory", lambda: available)
     out = tmp_path / "run"
     assert cli.main(["--data", "synthetic", "--train-size", "100000000", "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -256,3 +260,29 @@ def test_a_stop_that_library_code_turned_into_another_error_still_ends_as_the_si
     assert capsys.readouterr().err == (f"assignment_5.py: {word}; run the same command again to resume from "
                                        f"{tmp_path / 'run'}\n")
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # restored
+
+
+def _library_code_swallowing_a_stop(sig, out):
+    """A run that meets ``sig`` as TensorFlow's tracing once met a SIGTERM: it printed the exception through
+    ``sys.excepthook`` (as ``PyErr_Print`` does) and went on; the run then writes its report."""
+    def run(*args):
+        try:
+            os.kill(os.getpid(), sig)
+            time.sleep(10)
+        except BaseException:
+            sys.excepthook(*sys.exc_info())
+        files.write_text(out / "report.md", "# Denoising VAEs\n")
+    return run
+
+
+@pytest.mark.parametrize("sig, word, status", [(signal.SIGTERM, "terminated", 143), (signal.SIGINT, "interrupted", 130)])
+def test_a_stop_that_library_code_swallowed_ends_the_run_before_its_next_write(
+        monkeypatch, tmp_path, capsys, sig, word, status):
+    out = tmp_path / "run"
+    monkeypatch.setattr(cli, "_run", _library_code_swallowing_a_stop(sig, out))
+    hook = sys.excepthook
+    assert cli.main(["--quick", "--out", str(out)]) == status
+    assert capsys.readouterr().err == f"assignment_5.py: {word}; run the same command again to resume from {out}\n"
+    assert not (out / "report.md").exists() and sys.excepthook is hook
+    files.write_text(out / "report.md", "written")  # the stop ended with its run
+    assert (out / "report.md").read_text() == "written"

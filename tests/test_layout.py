@@ -11,7 +11,7 @@ from conftest import REPO
 PACKAGE = REPO / "denoising_vae"
 # Lower modules first: a module may import only modules before it (and its own package's __init__).
 ORDER = (
-    "core.constants", "core.checks", "core.files", "core.caches", "core.runtime",
+    "core.constants", "core.checks", "core.stopping", "core.files", "core.caches", "core.runtime",
     "data.strokes", "data.synthetic", "data.idx", "data.download", "data.noise", "data.sources",
     "models.losses", "models.fused", "models.fast_path", "models.vae",
     "training.inputs", "training.loop", "training.step_timing", "evaluation", "baselines", "latent",

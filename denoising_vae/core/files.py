@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import stopping
 from .checks import first_line
 
 
@@ -37,6 +38,7 @@ def replacing(path, suffix=""):
     an ``OSError`` (a full disk, say) is raised again naming ``path``, not the
     temporary file.
     """
+    stopping.check()  # a stop that library code swallowed ends the run before it writes on
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.part{suffix}")  # see PARTIAL_NAME

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core import stopping
 from ..core.checks import RunInterrupted, UsageError, first_line
 from ..core.constants import ARCHITECTURES, BASELINES
 from .config import QUICK, StudyConfig
@@ -244,16 +245,21 @@ class StopSignals:
 
     The exception is raised wherever the main thread is, and code in C++ that
     calls back into Python (TensorFlow tracing a function) can turn it into
-    another error; :meth:`raise_if_received` puts the stop back. Ctrl-C
+    another error, or print it and go on; :meth:`raise_if_received` puts the
+    stop back, and ``core.stopping`` raises it again at safe points. Ctrl-C
     ignored when the run started (a background job of a script) stays
     ignored. Outside the main thread, where Python sets no handlers, nothing
     changes. On leaving, the handlers before the block are restored.
     """
 
     def __init__(self):
-        self.received, self.previous = None, {}
+        self.received, self.previous, self.excepthook = None, {}, None
 
     def __enter__(self):
+        # Such code prints the exception it swallowed through sys.excepthook (PyErr_Print): once a
+        # stop came, that is noise, and the run ends with the package's one line.
+        self.excepthook = sys.excepthook
+        sys.excepthook = self._quiet_after_a_stop
         if threading.current_thread() is threading.main_thread():
             for number in (signal.SIGINT, signal.SIGTERM):
                 if number == signal.SIGINT and signal.getsignal(number) is not signal.default_int_handler:
@@ -264,6 +270,7 @@ class StopSignals:
     def _stop(self, number, frame):
         if self.received is None:
             self.received = number
+            stopping.request(self.raise_if_received)  # raised again at safe points if swallowed
         self.raise_if_received()
 
     def raise_if_received(self):
@@ -273,7 +280,13 @@ class StopSignals:
         if self.received == signal.SIGTERM:
             raise Terminated
 
+    def _quiet_after_a_stop(self, *exc_info):
+        if self.received is None:
+            self.excepthook(*exc_info)
+
     def __exit__(self, *exc):
+        stopping.clear()
+        sys.excepthook = self.excepthook
         for number, handler in self.previous.items():
             signal.signal(number, handler)
 

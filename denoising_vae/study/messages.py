@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 import time
 
+from ..core import stopping
+
 PROGRAM = "assignment_5.py"
 
 
@@ -27,4 +29,5 @@ class Progress:
         return time.perf_counter() - self.start
 
     def __call__(self, message):
+        stopping.check()  # a stop that library code swallowed ends the run here, not after the next phase
         print(f"[{self.elapsed():7.1f} s] {message}", flush=True)
