@@ -108,11 +108,14 @@ def kill_a_worker(process):
         children = psutil.Process(process.pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return False
-    workers = [child for child in children if "spawn_main" in " ".join(child.cmdline() or [])]
-    if not workers:
-        return False
-    workers[0].kill()
-    return True
+    for child in children:
+        try:  # a child may end, or be a zombie not yet reaped, while we look
+            if "spawn_main" in " ".join(child.cmdline() or []):
+                child.kill()
+                return True
+        except psutil.Error:
+            continue
+    return False
 
 
 def finished_files(out):
