@@ -1,6 +1,6 @@
 """Faults a user causes: two runs on one folder, a killed run's lock, divergence, damaged files, noise, a full
-checkpoint disk, a stop signal that library code turns into another error or swallows (Ctrl-C and SIGTERM in every phase are in test_stops.py,
-random kills in test_kill_anywhere.py)."""
+checkpoint disk, a stop signal that library code turns into another error or swallows (Ctrl-C and SIGTERM in
+every phase are in test_stops.py, random kills in test_kill_anywhere.py)."""
 import json
 import os
 import signal
